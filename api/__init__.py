@@ -1,0 +1,1 @@
+"""The FastAPI intake API: auth, accounts, transfers, statements, review, audit, ops pages."""

@@ -1,0 +1,65 @@
+"""The one place that builds clients from the settings.
+
+Services and tools ask here for a Kafka producer, consumer or admin client, a
+PostgreSQL connection or a Redis client; nothing else constructs one, so every
+client carries the same, reviewed configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import redis
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from bankflow.settings import Settings
+
+
+def kafka_admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def kafka_producer(
+    settings: Settings, *, transactional_id: str | None = None, **overrides: Any
+) -> Producer:
+    """An idempotent producer (acks=all); transactional when given a transactional id."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        # Bounded: a produce that cannot be delivered within this window is reported, not kept.
+        "delivery.timeout.ms": 30_000,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+    config.update(overrides)
+    return Producer(config)
+
+
+def kafka_consumer(settings: Settings, *, group_id: str, **overrides: Any) -> Consumer:
+    """A consumer that never commits on its own and sees only committed transactions."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+    }
+    config.update(overrides)
+    return Consumer(config)
+
+
+def db_connect(settings: Settings, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A PostgreSQL connection whose search path is the configured schema."""
+    return psycopg.connect(
+        settings.database_url, options=f"-c search_path={settings.db_schema}", **kwargs
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url)

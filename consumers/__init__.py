@@ -1,0 +1,1 @@
+"""Code that leaves Kafka: ledger poster, outbox relay, DLQ sink, cache updater, lag exporter."""

@@ -1,0 +1,1 @@
+"""Consume-transform-produce stages in Kafka transactions: validation, fraud rules, retry."""

@@ -1,0 +1,30 @@
+import re
+
+import pytest
+
+from schemas.topics import ALL_TOPICS, RETRY_TIERS_S, TRANSFERS_DLQ, retry_topic
+
+# Kafka's own rule for topic names.
+KAFKA_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+
+
+def test_every_topic_is_named_once_and_is_a_legal_kafka_name() -> None:
+    assert len(set(ALL_TOPICS)) == len(ALL_TOPICS)
+    assert all(KAFKA_TOPIC_NAME.match(name) for name in ALL_TOPICS)
+
+
+def test_each_retry_tier_has_a_topic_and_the_dead_letter_topic_exists() -> None:
+    for tier in RETRY_TIERS_S:
+        assert retry_topic(tier) in ALL_TOPICS
+    assert TRANSFERS_DLQ in ALL_TOPICS
+
+
+def test_retry_tiers_wait_longer_each_time() -> None:
+    delays = list(RETRY_TIERS_S.values())
+    assert delays == sorted(delays)
+    assert len(set(delays)) == len(delays)
+
+
+def test_an_unknown_retry_tier_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown retry tier '2h'"):
+        retry_topic("2h")
