@@ -13,8 +13,12 @@ from rich.table import Table
 from bankflow.errors import BankflowError
 from bankflow.settings import Settings, get_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="bankflow: a bank's transfer pipeline (Kafka in, a ledger out, exactly once).")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="bankflow: a bank's transfer pipeline (Kafka in, a ledger out, exactly once).",
+)
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, PostgreSQL, Redis.")
 topics_app = typer.Typer(no_args_is_help=True, help="The Kafka topics named in schemas/topics.py.")
 app.add_typer(stack_app, name="stack")
@@ -60,8 +64,10 @@ def stack_down(
     from infra.stack import LocalStack
 
     stopped = LocalStack(_settings()).down(purge=purge)
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}"
-                  + (" (data purged)" if purge else ""))
+    console.print(
+        f"stopped: {', '.join(stopped) or 'nothing was running'}"
+        + (" (data purged)" if purge else "")
+    )
 
 
 @stack_app.command("status")
@@ -78,8 +84,13 @@ def stack_status(as_json: JsonFlag = False) -> None:
             column.overflow = "fold"
         for s in statuses:
             colour = "green" if s.state == "up" else "red"
-            table.add_row(s.name, f"[{colour}]{s.state}[/{colour}]", s.address, s.version or "-",
-                          f"yes (pid {s.pid})" if s.managed else "no")
+            table.add_row(
+                s.name,
+                f"[{colour}]{s.state}[/{colour}]",
+                s.address,
+                s.version or "-",
+                f"yes (pid {s.pid})" if s.managed else "no",
+            )
         Console().print(table)
     if any(s.state != "up" for s in statuses):
         raise typer.Exit(1)
@@ -98,8 +109,16 @@ def migrate(
 
     settings = _settings()
     run_migrate(settings, revision)
-    console.print(f"database schema {settings.db_schema!r} at revision "
-                  f"{current_revision(settings)}")
+    console.print(
+        f"database schema {settings.db_schema!r} at revision {current_revision(settings)}"
+    )
+
+
+@app.command("init")
+def init() -> None:
+    """Migrate the database and create the topics: what a fresh deployment needs once."""
+    migrate()
+    topics_create(as_json=False)
 
 
 # ------------------------------------------------------------------ topics
@@ -127,14 +146,38 @@ def topics_list(as_json: JsonFlag = False) -> None:
 
 def _show_topics(infos: list[Any], as_json: bool) -> None:
     if as_json:
-        _print_json([{"name": i.name, "partitions": i.partitions, "created": i.created}
-                     for i in infos])
+        _print_json(
+            [{"name": i.name, "partitions": i.partitions, "created": i.created} for i in infos]
+        )
         return
     table = Table("topic", "partitions", "")
     for info in infos:
-        table.add_row(info.name, str(info.partitions) if info.partitions else "[red]missing[/red]",
-                      "created" if info.created else "")
+        table.add_row(
+            info.name,
+            str(info.partitions) if info.partitions else "[red]missing[/red]",
+            "created" if info.created else "",
+        )
     Console().print(table)
+
+
+# --------------------------------------------------------------------- run
+
+
+@app.command("run")
+def run(
+    service: Annotated[str, typer.Argument(help="A service name, or `all`.")],
+    demo: Annotated[bool, typer.Option(help="With `all`: also feed demo traffic.")] = False,
+) -> None:
+    """Run one service in the foreground, or `all` of them (Ctrl-C stops them)."""
+    from bankflow.services import SERVICES, entry_point, run_all
+
+    settings = _settings()
+    if service == "all":
+        raise typer.Exit(run_all(settings, console.print, demo=demo))
+    if service not in SERVICES:
+        console.print(f"[red]unknown service {service!r}[/red]; known: all, {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    entry_point(service)(settings)
 
 
 def main() -> None:

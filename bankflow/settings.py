@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     redis_port: int = 16379
     redis_prefix: str = "bankflow:"
 
-    # Service ports.
+    # Service addresses. Loopback by default; containers set BANKFLOW_API_HOST=0.0.0.0.
+    api_host: str = "127.0.0.1"
     api_port: int = 8080
     metrics_port: int = 9400
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from bankflow.settings import Settings
 
@@ -24,7 +26,8 @@ def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # Alembic's config is an INI file underneath: a literal % must be doubled.
-    config.set_main_option("sqlalchemy.url", sqlalchemy_url(settings.database_url).replace("%", "%%"))
+    url = sqlalchemy_url(settings.database_url)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["db_schema"] = settings.db_schema
     return config
 
@@ -35,15 +38,14 @@ def migrate(settings: Settings, revision: str = "head") -> None:
 
 
 def current_revision(settings: Settings) -> str | None:
-    from sqlalchemy import create_engine, text
-
     engine = create_engine(sqlalchemy_url(settings.database_url))
     try:
         with engine.connect() as conn:
             row = conn.execute(
-                text(f'select version_num from "{settings.db_schema}".alembic_version')
+                # db_schema is a validated plain identifier (see Settings), safe to quote in.
+                text(f'select version_num from "{settings.db_schema}".alembic_version')  # noqa: S608
             ).first()
-    except Exception:  # noqa: BLE001 - no version table yet means "no revision"
+    except SQLAlchemyError:  # no version table yet means "no revision"
         return None
     finally:
         engine.dispose()

@@ -27,6 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import psycopg
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
 from bankflow.errors import StackError
 from bankflow.settings import Settings
 
@@ -121,9 +126,20 @@ class LocalStack:
         self.echo(f"resolving org.apache.kafka:kafka_2.13:{version} from Maven Central ...")
         libs.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            ["mvn", "-B", "-q", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-             f"-Dkafka.version={version}", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-            capture_output=True, text=True, check=False,
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(KAFKA_POM),
+                "dependency:copy-dependencies",
+                f"-Dkafka.version={version}",
+                f"-DoutputDirectory={libs}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
@@ -142,21 +158,34 @@ class LocalStack:
         self._require_java()
         port, controller_port = self.settings.kafka_port, self.settings.kafka_controller_port
         self._require_free_port("kafka", port, "BANKFLOW_KAFKA_PORT")
-        self._require_free_port("kafka controller", controller_port, "BANKFLOW_KAFKA_CONTROLLER_PORT")
+        self._require_free_port(
+            "kafka controller", controller_port, "BANKFLOW_KAFKA_CONTROLLER_PORT"
+        )
         libs = self.kafka_libs()
         props = self._write_server_properties()
         classpath = f"{libs}/*"
         if not (self.kafka_dir / "data" / "meta.properties").exists():
             self._format_kafka_storage(classpath, props)
         heap = f"-Xmx{self.settings.kafka_heap_mb}m"
-        cmd = ["java", heap, f"-Xms{min(self.settings.kafka_heap_mb, 256)}m", "-XX:+UseG1GC",
-               "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-               "-cp", classpath, "kafka.Kafka", str(props)]
+        cmd = [
+            "java",
+            heap,
+            f"-Xms{min(self.settings.kafka_heap_mb, 256)}m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(props),
+        ]
         self._spawn("kafka", cmd, self.kafka_dir / "kafka.log")
         (self.run_dir / "kafka.version").write_text(self.settings.kafka_version + "\n")
         self._wait_until("kafka", self._kafka_answers, self.kafka_dir / "kafka.log")
-        self.echo(f"kafka      up at {self.settings.kafka_bootstrap} "
-                  f"(Apache Kafka {self.settings.kafka_version}, KRaft)")
+        self.echo(
+            f"kafka      up at {self.settings.kafka_bootstrap} "
+            f"(Apache Kafka {self.settings.kafka_version}, KRaft)"
+        )
 
     def _write_server_properties(self) -> Path:
         s = self.settings
@@ -167,7 +196,7 @@ class LocalStack:
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{s.kafka_controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},"
-                         f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+            f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -196,23 +225,38 @@ class LocalStack:
         # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         result = subprocess.run(
-            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(props)],
-            capture_output=True, text=True, check=False,
+            [
+                "java",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise StackError(f"formatting Kafka's storage failed:\n{result.stdout}{result.stderr}")
 
     def _kafka_answers(self) -> bool:
-        from confluent_kafka.admin import AdminClient
-
         # log_level 0: a probe that expects "connection refused" while the broker starts
         # must not flood the terminal with librdkafka's complaints about it.
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap,
-                             "socket.connection.setup.timeout.ms": 2000, "log_level": 0})
+        admin = AdminClient(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "socket.connection.setup.timeout.ms": 2000,
+                "log_level": 0,
+            }
+        )
         try:
             admin.list_topics(timeout=3)
-        except Exception:  # noqa: BLE001 - any failure means "not answering yet"
+        except KafkaException:  # any failure means "not answering yet"
             return False
         return True
 
@@ -221,8 +265,15 @@ class LocalStack:
         managed = self._alive("kafka")
         version_file = self.run_dir / "kafka.version"
         version = version_file.read_text().strip() if managed and version_file.exists() else None
-        return ServerStatus("kafka", "up" if up else "down", self.settings.kafka_bootstrap,
-                            version if up else None, managed, self._pid("kafka") if managed else None)
+        pid = self._pid("kafka") if managed else None
+        return ServerStatus(
+            "kafka",
+            "up" if up else "down",
+            self.settings.kafka_bootstrap,
+            version if up else None,
+            managed,
+            pid,
+        )
 
     def _require_java(self) -> None:
         java = shutil.which("java")
@@ -255,7 +306,9 @@ class LocalStack:
         if user is None or self._reachable_by(user, self.root):
             return local
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        return Path("/var/tmp") / f"bankflow-pg-{digest}"
+        # A fixed, per-checkout name under the sticky /var/tmp, created by root: not a
+        # shared temporary file another user could have prepared.
+        return Path("/var/tmp") / f"bankflow-pg-{digest}"  # noqa: S108
 
     @property
     def pg_data(self) -> Path:
@@ -271,25 +324,38 @@ class LocalStack:
         if not (self.pg_data / "PG_VERSION").exists():
             self._initdb(bindir, user)
         log = self.pg_root / "postgres.log"
-        options = (f"-p {self.settings.postgres_port} -c listen_addresses=127.0.0.1 "
-                   "-c unix_socket_directories='' -c max_connections=200")
-        result = self._run_as(user, [str(bindir / "pg_ctl"), "-D", str(self.pg_data), "-l",
-                                     str(log), "-o", options, "-w", "-t", str(READY_TIMEOUT_S),
-                                     "start"])
+        options = (
+            f"-p {self.settings.postgres_port} -c listen_addresses=127.0.0.1 "
+            "-c unix_socket_directories='' -c max_connections=200"
+        )
+        result = self._run_as(
+            user,
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.pg_data),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(READY_TIMEOUT_S),
+                "start",
+            ],
+        )
         if result.returncode != 0:
-            raise StackError(f"PostgreSQL did not start:\n{result.stdout}{result.stderr}\n"
-                             f"{self._tail(log)}")
+            raise StackError(
+                f"PostgreSQL did not start:\n{result.stdout}{result.stderr}\n{self._tail(log)}"
+            )
         self._wait_until("postgres", self._postgres_answers, log)
         self._ensure_database()
         self.echo(f"postgres   up at 127.0.0.1:{self.settings.postgres_port}")
 
     def _postgres_bindir(self) -> Path:
-        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                            key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
-                            else 0)
-        if not candidates and shutil.which("initdb") is None:
+        if not _debian_initdbs() and shutil.which("initdb") is None:
             self._apt_install("postgresql", "PostgreSQL")
-            candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        candidates = _debian_initdbs()
         if candidates:
             return candidates[-1].parent
         initdb = shutil.which("initdb")
@@ -317,11 +383,22 @@ class LocalStack:
             entry = pwd.getpwnam(user)
             os.chown(pg_root, entry.pw_uid, entry.pw_gid)
             os.chown(pwfile, entry.pw_uid, entry.pw_gid)
-        result = self._run_as(user, [
-            str(bindir / "initdb"), "-D", str(self.pg_data), "-U", "bankflow",
-            f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=trust",
-            "-E", "UTF8", "--locale=C",
-        ])
+        result = self._run_as(
+            user,
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(self.pg_data),
+                "-U",
+                "bankflow",
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        )
         pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise StackError(f"initdb failed:\n{result.stdout}{result.stderr}")
@@ -331,8 +408,15 @@ class LocalStack:
         return self._run_as(user, ["test", "-x", str(path)]).returncode == 0
 
     def _run_as(self, user: str | None, cmd: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(cmd, capture_output=True, text=True, check=False, user=user,
-                              cwd="/", env={**os.environ, "LC_ALL": "C"})
+        return subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            check=False,
+            user=user,
+            cwd="/",
+            env={**os.environ, "LC_ALL": "C"},
+        )
 
     def _postgres_pid(self) -> int | None:
         pidfile = self.pg_data / "postmaster.pid"
@@ -343,8 +427,6 @@ class LocalStack:
         return pid if _process_alive(pid, "postgres") else None
 
     def _postgres_answers(self) -> bool:
-        import psycopg
-
         try:
             with psycopg.connect(self._admin_dsn(), connect_timeout=3) as conn:
                 conn.execute("select 1")
@@ -356,16 +438,12 @@ class LocalStack:
         return f"postgresql://bankflow:bankflow@127.0.0.1:{self.settings.postgres_port}/postgres"
 
     def _ensure_database(self) -> None:
-        import psycopg
-
         with psycopg.connect(self._admin_dsn(), autocommit=True) as conn:
             exists = conn.execute("select 1 from pg_database where datname = 'bankflow'").fetchone()
             if exists is None:
                 conn.execute("create database bankflow")
 
     def _postgres_status(self) -> ServerStatus:
-        import psycopg
-
         address = _redact(self.settings.database_url)
         version = None
         try:
@@ -375,16 +453,28 @@ class LocalStack:
         except psycopg.Error:
             pass
         pid = self._postgres_pid()
-        return ServerStatus("postgres", "up" if version else "down", address, version,
-                            pid is not None, pid)
+        return ServerStatus(
+            "postgres", "up" if version else "down", address, version, pid is not None, pid
+        )
 
     def _stop_postgres(self) -> bool:
         if self._postgres_pid() is None:
             return False
         bindir = self._postgres_bindir()
-        result = self._run_as(self._postgres_user(), [str(bindir / "pg_ctl"), "-D",
-                              str(self.pg_data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S),
-                              "stop"])
+        result = self._run_as(
+            self._postgres_user(),
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.pg_data),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(STOP_TIMEOUT_S),
+                "stop",
+            ],
+        )
         if result.returncode != 0:
             raise StackError(f"PostgreSQL did not stop:\n{result.stdout}{result.stderr}")
         return True
@@ -405,18 +495,33 @@ class LocalStack:
         data = self.root / "redis"
         data.mkdir(parents=True, exist_ok=True)
         # Append-only with a fsync a second: the fraud rules' windows survive a restart.
-        cmd = [binary, "--port", str(self.settings.redis_port), "--bind", "127.0.0.1",
-               "--dir", str(data), "--daemonize", "no", "--save", "", "--appendonly", "yes",
-               "--appendfsync", "everysec", "--protected-mode", "yes"]
+        cmd = [
+            binary,
+            "--port",
+            str(self.settings.redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--protected-mode",
+            "yes",
+        ]
         self._spawn("redis", cmd, data / "redis.log")
         self._wait_until("redis", self._redis_answers, data / "redis.log")
         self.echo(f"redis      up at 127.0.0.1:{self.settings.redis_port}")
 
     def _redis_info(self) -> dict[str, Any] | None:
-        import redis
-
-        client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
-                                      socket_timeout=2)
+        client = redis.Redis.from_url(
+            self.settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+        )
         try:
             info: dict[str, Any] = client.info("server")
         except redis.RedisError:
@@ -431,9 +536,14 @@ class LocalStack:
     def _redis_status(self) -> ServerStatus:
         info = self._redis_info()
         managed = self._alive("redis")
-        return ServerStatus("redis", "up" if info else "down", _redact(self.settings.redis_url),
-                            str(info["redis_version"]) if info else None, managed,
-                            self._pid("redis") if managed else None)
+        return ServerStatus(
+            "redis",
+            "up" if info else "down",
+            _redact(self.settings.redis_url),
+            str(info["redis_version"]) if info else None,
+            managed,
+            self._pid("redis") if managed else None,
+        )
 
     # -------------------------------------------------------------- processes
 
@@ -441,8 +551,14 @@ class LocalStack:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             # A new session: the server outlives this command and ignores the terminal's Ctrl-C.
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.root,
+            )
         (self.run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
 
     def _pid(self, name: Server) -> int | None:
@@ -478,11 +594,14 @@ class LocalStack:
             if answers():
                 return
             if name in ("kafka", "redis") and not self._alive(name):  # type: ignore[arg-type]
-                raise StackError(f"{name} exited during start-up; its log ends with:\n"
-                                 f"{self._tail(log)}")
+                raise StackError(
+                    f"{name} exited during start-up; its log ends with:\n{self._tail(log)}"
+                )
             time.sleep(0.5)
-        raise StackError(f"{name} did not answer within {READY_TIMEOUT_S} s; its log ends with:\n"
-                         f"{self._tail(log)}")
+        raise StackError(
+            f"{name} did not answer within {READY_TIMEOUT_S} s; its log ends with:\n"
+            f"{self._tail(log)}"
+        )
 
     def _require_free_port(self, name: str, port: int, variable: str) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -496,16 +615,22 @@ class LocalStack:
 
     def _apt_install(self, package: str, what: str) -> None:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            raise StackError(f"{what} is not installed. Install Debian's {package} package "
-                             f"(sudo apt-get install {package}) and try again.")
+            raise StackError(
+                f"{what} is not installed. Install Debian's {package} package "
+                f"(sudo apt-get install {package}) and try again."
+            )
         self.echo(f"installing {package} with apt-get ...")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         if not self._apt_updated:
-            subprocess.run(["apt-get", "update", "-qq"], check=False, env=env,
-                           capture_output=True)
+            subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
             self._apt_updated = True
-        result = subprocess.run(["apt-get", "install", "-y", "-qq", package], env=env,
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise StackError(f"apt-get install {package} failed:\n{result.stderr[-2000:]}")
 
@@ -533,6 +658,12 @@ def _process_alive(pid: int, marker: str) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z" and marker in cmdline
+
+
+def _debian_initdbs() -> list[Path]:
+    """Debian's PostgreSQL binaries, oldest major version first."""
+    found = Path("/usr/lib/postgresql").glob("*/bin/initdb")
+    return sorted(found, key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
 
 
 def _redact(url: str) -> str:

@@ -114,7 +114,9 @@ def _testcontainers_stack() -> Iterator[StackEndpoints]:
         .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
         .with_env("KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://127.0.0.1:{kafka_port}")
         .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
-        .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+        .with_env(
+            "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        )
         .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
         .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
         .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
@@ -122,8 +124,9 @@ def _testcontainers_stack() -> Iterator[StackEndpoints]:
         .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
         .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
     )
-    postgres = PostgresContainer("postgres:15", username="bankflow", password="bankflow",
-                                 dbname="bankflow", driver=None)
+    postgres = PostgresContainer(
+        "postgres:15", username="bankflow", password="bankflow", dbname="bankflow", driver=None
+    )
     redis_container = RedisContainer("redis:7")
     with kafka, postgres, redis_container:
         wait_for_logs(kafka, "Kafka Server started", timeout=120)

@@ -32,7 +32,10 @@ def test_a_faust_agent_reads_and_writes_through_the_broker(settings: Settings, t
     }
     worker = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.faust_echo", "worker", "-l", "warn"],
-        cwd=TESTS_DIR.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=TESTS_DIR.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}check")
     consumer.assign([TopicPartition(sink, p, 0) for p in range(settings.topic_partitions)])

@@ -57,20 +57,28 @@ def throwaway_env(tmp_path: Path) -> dict[str, str]:
         (state / "kafka" / "libs").mkdir(parents=True)
         (state / "kafka" / "libs" / version).symlink_to(resolved)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BANKFLOW_")}
-    env.update({
-        "BANKFLOW_STATE_DIR": str(state),
-        "BANKFLOW_KAFKA_PORT": str(free_port()),
-        "BANKFLOW_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "BANKFLOW_POSTGRES_PORT": str(free_port()),
-        "BANKFLOW_REDIS_PORT": str(free_port()),
-    })
+    env.update(
+        {
+            "BANKFLOW_STATE_DIR": str(state),
+            "BANKFLOW_KAFKA_PORT": str(free_port()),
+            "BANKFLOW_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "BANKFLOW_POSTGRES_PORT": str(free_port()),
+            "BANKFLOW_REDIS_PORT": str(free_port()),
+        }
+    )
     return env
 
 
 def bankflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bankflow.cli", *args], env=env,
-                          cwd=TESTS_DIR.parent, capture_output=True, text=True, timeout=240,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bankflow.cli", *args],
+        env=env,
+        cwd=TESTS_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
 
 
 def test_up_status_down_leaves_nothing_running(throwaway_env: dict[str, str]) -> None:
@@ -127,5 +135,3 @@ def test_a_failed_download_says_which_version_and_what_to_check(tmp_path: Path) 
     with pytest.raises(StackError, match=r"could not resolve Kafka 0\.0\.0-no-such-version"):
         stack.kafka_libs()
     assert not (tmp_path / "kafka" / "libs" / "0.0.0-no-such-version" / ".resolved").exists()
-
-

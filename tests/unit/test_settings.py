@@ -7,8 +7,9 @@ from bankflow.settings import SECRET_LENGTH_MIN, Settings
 
 
 def test_addresses_follow_the_configured_ports(tmp_path: Path) -> None:
-    s = Settings(_env_file=None, state_dir=tmp_path, kafka_port=29092, postgres_port=25432,
-                 redis_port=26379)
+    s = Settings(
+        _env_file=None, state_dir=tmp_path, kafka_port=29092, postgres_port=25432, redis_port=26379
+    )
     assert s.kafka_bootstrap == "127.0.0.1:29092"
     assert s.database_url.endswith("@127.0.0.1:25432/bankflow")
     assert s.redis_url == "redis://127.0.0.1:26379/0"

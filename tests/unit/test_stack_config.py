@@ -44,7 +44,7 @@ def test_a_port_in_use_is_reported_with_the_variable_that_moves_it(tmp_path: Pat
 
 def test_missing_java_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(stack_module.shutil, "which", lambda _name: None)
-    with pytest.raises(StackError, match="Java is not on PATH.*Java 17"):
+    with pytest.raises(StackError, match=r"Java is not on PATH.*Java 17"):
         make_stack(tmp_path)._require_java()
 
 
