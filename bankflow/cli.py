@@ -21,8 +21,10 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, PostgreSQL, Redis.")
 topics_app = typer.Typer(no_args_is_help=True, help="The Kafka topics named in schemas/topics.py.")
+accounts_app = typer.Typer(no_args_is_help=True, help="Customers' and the bank's accounts.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
+app.add_typer(accounts_app, name="accounts")
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
@@ -158,6 +160,179 @@ def _show_topics(infos: list[Any], as_json: bool) -> None:
             "created" if info.created else "",
         )
     Console().print(table)
+
+
+# ---------------------------------------------------------------- accounts
+
+
+@accounts_app.command("create")
+def accounts_create(
+    account_type: Annotated[
+        str, typer.Option("--type", help="checking or savings (or an internal type).")
+    ] = "checking",
+    currency: Annotated[str, typer.Option(help="ISO 4217 code.")] = "EUR",
+    customer: Annotated[str | None, typer.Option(help="An existing customer's id.")] = None,
+    customer_name: Annotated[
+        str | None, typer.Option(help="Open for a new customer of this name.")
+    ] = None,
+    iban: Annotated[
+        str | None, typer.Option(help="Adopt this IBAN instead of generating one.")
+    ] = None,
+    overdraft: Annotated[
+        str, typer.Option(help="Overdraft limit as a decimal, e.g. 500.00.")
+    ] = "0",
+    as_json: JsonFlag = False,
+) -> None:
+    """Open an account (for staff and scripts); prints its id and IBAN."""
+    import uuid
+
+    from bankflow.bootstrap import db_connect
+    from bankflow.domain.money import parse_amount
+    from bankflow.ledger.accounts import create_customer, open_account
+
+    if (customer is None) == (customer_name is None):
+        console.print("[red]give exactly one of --customer ID or --customer-name NAME[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    overdraft_minor = 0 if overdraft in ("0", "0.00") else parse_amount(overdraft, currency)
+    with db_connect(settings) as conn:
+        owner = uuid.UUID(customer) if customer else create_customer(conn, customer_name or "")
+        account = open_account(
+            conn,
+            settings,
+            customer_id=owner,
+            account_type=account_type,
+            currency=currency,
+            iban=iban,
+            overdraft_limit_minor=overdraft_minor,
+        )
+    _show_accounts([account], as_json, single=True)
+
+
+@accounts_app.command("list")
+def accounts_list(
+    customer: Annotated[str | None, typer.Option(help="Only this customer's accounts.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List accounts with their balances."""
+    import uuid
+
+    from bankflow.bootstrap import db_connect
+    from bankflow.ledger.accounts import list_accounts
+
+    with db_connect(_settings()) as conn:
+        accounts = list_accounts(conn, uuid.UUID(customer) if customer else None)
+    _show_accounts(accounts, as_json)
+
+
+@accounts_app.command("show")
+def accounts_show(
+    account: Annotated[str, typer.Argument(help="Account id or IBAN.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one account."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.ledger.accounts import get_account
+
+    with db_connect(_settings()) as conn:
+        found = get_account(conn, account)
+    _show_accounts([found], as_json, single=True)
+
+
+def _show_accounts(accounts: list[Any], as_json: bool, single: bool = False) -> None:
+    from bankflow.domain.money import format_amount
+
+    if as_json:
+        documents = [a.as_dict() for a in accounts]
+        _print_json(documents[0] if single else documents)
+        return
+    table = Table("id", "iban", "type", "currency", "status", "balance")
+    for a in accounts:
+        table.add_row(
+            str(a.id),
+            a.iban,
+            a.type,
+            a.currency,
+            a.status,
+            format_amount(a.balance_minor, a.currency),
+        )
+    Console().print(table)
+
+
+@app.command("deposit")
+def deposit(
+    account: Annotated[str, typer.Argument(help="Account id or IBAN to credit.")],
+    amount: Annotated[str, typer.Argument(help="Decimal amount, e.g. 100.00.")],
+    currency: Annotated[str, typer.Argument(help="ISO 4217 code.")],
+    idempotency_key: Annotated[str | None, typer.Option(help="Repeat a deposit safely.")] = None,
+) -> None:
+    """A cash deposit: a transfer from the bank's cash account, through the pipeline."""
+    import uuid
+
+    from bankflow.bootstrap import db_connect, kafka_producer
+    from bankflow.domain.money import parse_amount
+    from bankflow.ledger.accounts import find_internal_account, get_account
+    from producers.intake import publish_requests
+    from schemas.topics import TRANSFERS_REQUESTED
+    from schemas.transfers import TransferRequest, TransferSource, transfer_id_for
+
+    settings = _settings()
+    amount_minor = parse_amount(amount, currency)
+    with db_connect(settings) as conn:
+        credit = get_account(conn, account)
+        cash = find_internal_account(conn, "cash", currency)
+    if cash is None:
+        console.print(f"[red]the bank has no cash account in {currency}[/red]")
+        raise typer.Exit(1)
+    key = idempotency_key or str(uuid.uuid4())
+    request = TransferRequest(
+        transfer_id=transfer_id_for("cli:deposit", key),
+        source=TransferSource.API,
+        debit_account=str(cash.id),
+        credit_account=str(credit.id),
+        amount_minor=amount_minor,
+        currency=currency,
+        description="cash deposit",
+        category="cash",
+        requested_by="cli:deposit",
+    )
+    publish_requests(kafka_producer(settings), settings.topic(TRANSFERS_REQUESTED), [request])
+    console.print(f"deposit {request.transfer_id} requested: {amount} {currency} to {credit.iban}")
+
+
+@app.command("verify")
+def verify_ledger(as_json: JsonFlag = False) -> None:
+    """Check the ledger's invariants in PostgreSQL; exit 1 on any violation."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.ledger.verify import verify
+
+    settings = _settings()
+    with db_connect(settings, autocommit=True) as conn:
+        results = verify(conn, settings.poster_group)
+    if as_json:
+        _print_json(
+            {
+                "ok": all(r.ok for r in results),
+                "invariants": [
+                    {
+                        "name": r.name,
+                        "description": r.description,
+                        "violations": r.violations,
+                        "samples": r.samples,
+                    }
+                    for r in results
+                ],
+            }
+        )
+    else:
+        for r in results:
+            mark = "[green]ok  [/green]" if r.ok else "[red]FAIL[/red]"
+            Console().print(
+                f"{mark} {r.name}: {r.description}"
+                + ("" if r.ok else f" — {r.violations} violations, e.g. {r.samples}")
+            )
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------- run

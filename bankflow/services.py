@@ -15,6 +15,8 @@ from bankflow.settings import Settings
 #: until it is told to stop (SIGTERM or SIGINT).
 SERVICES: dict[str, str] = {
     "api": "api.app:serve",
+    "poster": "consumers.poster:run",
+    "relay": "consumers.relay:run",
 }
 
 #: How long ``run all`` gives its services to stop after Ctrl-C before killing them.

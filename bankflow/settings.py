@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     redis_port: int = 16379
     redis_prefix: str = "bankflow:"
 
+    # The ledger. IBANs of new accounts: country and bank code (the BBAN's bank part).
+    iban_country: str = Field(default="DE", pattern=r"^[A-Z]{2}$")
+    iban_bank_code: str = Field(default="99990000", pattern=r"^[A-Z0-9]{1,12}$")
+    #: The currencies the bank holds accounts in; each gets its internal accounts.
+    currencies: list[str] = Field(default_factory=lambda: ["EUR", "USD", "GBP", "CHF"])
+
+    # The poster: a batch closes at this many messages or after this long.
+    poster_group: str = "bankflow-poster"
+    poster_batch_max: int = Field(default=2000, ge=1, le=50_000)
+    poster_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    # The outbox relay: rows published per round, and the idle poll interval.
+    relay_batch_max: int = Field(default=2000, ge=1, le=50_000)
+    relay_idle_poll_ms: int = Field(default=50, ge=1, le=10_000)
+
     # Service addresses. Loopback by default; containers set BANKFLOW_API_HOST=0.0.0.0.
     api_host: str = "127.0.0.1"
     api_port: int = 8080

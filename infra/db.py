@@ -9,6 +9,8 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from bankflow.bootstrap import db_connect
+from bankflow.ledger.accounts import ensure_internal_accounts
 from bankflow.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -33,8 +35,16 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def migrate(settings: Settings, revision: str = "head") -> None:
-    """Bring the configured schema up to ``revision`` (idempotent)."""
+    """Bring the configured schema up to ``revision`` and open the bank's own accounts.
+
+    Both steps are idempotent. The internal accounts (cash, settlement, fees,
+    suspense per currency) are where money enters and leaves: never by editing
+    a balance, always by a transfer from or to one of them.
+    """
     command.upgrade(alembic_config(settings), revision)
+    if revision == "head":
+        with db_connect(settings) as conn:
+            ensure_internal_accounts(conn, settings)
 
 
 def current_revision(settings: Settings) -> str | None:

@@ -1,0 +1,391 @@
+"""Writing one batch of accepted transfers into the ledger, in one transaction.
+
+In that one PostgreSQL transaction: the stored consumer offsets of the batch's
+partitions are locked and checked (the zombie guard), the touched accounts are
+locked in id order (no deadlock between poster instances), the posting rules
+decide, and transfers, entries, balances, the new offsets and the outbox events
+are written with set-based SQL. Either all of it commits or none of it does.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from bankflow.domain.posting import (
+    AccountState,
+    AccountStatus,
+    AccountType,
+    BatchResult,
+    Outcome,
+    TransferInstruction,
+    post_batch,
+    touched_accounts,
+)
+from bankflow.ledger.errors import OffsetsMoved
+from schemas import headers as h
+from schemas.transfers import AcceptedTransfer, TransferEvent, TransferEventType, event_id_for
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedTransfer:
+    """An accepted transfer with the Kafka position it was read from."""
+
+    transfer: AcceptedTransfer
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that can never be posted, with the reason, bound for the dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    error_class: str
+    error_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """Where a partition's stored offset must stand before the batch, and after it."""
+
+    expected: int | None  # None: no offset stored yet for this partition
+    next_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Full names (prefix included) of the topics the poster's events go to."""
+
+    posted: str
+    failed: str
+    dlq: str
+
+
+@dataclass
+class BatchSummary:
+    posted: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def write_batch(  # noqa: PLR0917 - the batch's parts, each named at every call
+    conn: psycopg.Connection[Any],
+    group_id: str,
+    ranges: dict[TopicPartitionKey, OffsetRange],
+    transfers: Sequence[ConsumedTransfer],
+    dead_letters: Sequence[DeadLetter],
+    topics: Topics,
+) -> BatchSummary:
+    """Post ``transfers``, dead-letter ``dead_letters`` and move the offsets, atomically.
+
+    Raises ``OffsetsMoved`` (and writes nothing) when a partition's stored offset is
+    not ``expected``: another poster instance has taken the partition over.
+    """
+    with conn.transaction():
+        _check_and_lock_offsets(conn, group_id, ranges)
+        fresh, duplicates = _new_transfers(conn, transfers)
+        result = _decide(conn, fresh)
+        now = datetime.now(UTC)
+        _insert_transfers(conn, fresh, result.outcomes, now)
+        _insert_entries(conn, result, now)
+        _update_balances(conn, result.balances)
+        _store_offsets(conn, group_id, ranges)
+        _insert_outbox(
+            conn,
+            _events(fresh, result.outcomes, topics, now)
+            + [_dead_letter_row(d, topics.dlq) for d in dead_letters],
+        )
+    return _summarise(result.outcomes, duplicates, len(dead_letters))
+
+
+def _check_and_lock_offsets(
+    conn: psycopg.Connection[Any], group_id: str, ranges: dict[TopicPartitionKey, OffsetRange]
+) -> None:
+    keys = sorted(ranges)
+    rows = conn.execute(
+        "select topic, partition, next_offset from consumer_offsets "
+        "where group_id = %s and (topic, partition) in "
+        "(select * from unnest(%s::text[], %s::int[])) "
+        "order by topic, partition for update",
+        (group_id, [k[0] for k in keys], [k[1] for k in keys]),
+    ).fetchall()
+    stored = {(topic, partition): offset for topic, partition, offset in rows}
+    moved = [k for k in keys if stored.get(k) != ranges[k].expected]
+    if moved:
+        raise OffsetsMoved(
+            "stored offsets moved for "
+            + ", ".join(
+                f"{t}[{p}] (expected {ranges[(t, p)].expected}, stored {stored.get((t, p))})"
+                for t, p in moved
+            )
+        )
+
+
+def _new_transfers(
+    conn: psycopg.Connection[Any], transfers: Sequence[ConsumedTransfer]
+) -> tuple[list[ConsumedTransfer], int]:
+    """The transfers not yet in the ledger, each once, in consumption order."""
+    ids = [c.transfer.transfer_id for c in transfers]
+    seen = {row[0] for row in conn.execute("select id from transfers where id = any(%s)", (ids,))}
+    fresh = []
+    for consumed in transfers:
+        if consumed.transfer.transfer_id not in seen:
+            seen.add(consumed.transfer.transfer_id)
+            fresh.append(consumed)
+    return fresh, len(transfers) - len(fresh)
+
+
+def _decide(conn: psycopg.Connection[Any], fresh: Sequence[ConsumedTransfer]) -> BatchResult:
+    instructions = [
+        TransferInstruction(
+            c.transfer.transfer_id,
+            c.transfer.debit_account_id,
+            c.transfer.credit_account_id,
+            c.transfer.amount_minor,
+            c.transfer.currency,
+        )
+        for c in fresh
+    ]
+    ids = sorted(touched_accounts(instructions))
+    # Locked in id order: two posters touching the same accounts queue, never deadlock.
+    rows = conn.execute(
+        "select id, type, currency, status, balance_minor, overdraft_limit_minor "
+        "from accounts where id = any(%s) order by id for update",
+        (ids,),
+    ).fetchall()
+    accounts = {
+        row[0]: AccountState(
+            row[0], AccountType(row[1]), row[2], AccountStatus(row[3]), row[4], row[5]
+        )
+        for row in rows
+    }
+    return post_batch(accounts, instructions)
+
+
+def _insert_transfers(
+    conn: psycopg.Connection[Any],
+    fresh: Sequence[ConsumedTransfer],
+    outcomes: Sequence[Outcome],
+    now: datetime,
+) -> None:
+    if not fresh:
+        return
+    columns = (
+        "id, source, debit_account_id, credit_account_id, amount_minor, currency, status, "
+        "reason, category, tags, description, reference, requested_by, correlation_id, "
+        "requested_at, posted_at, kafka_topic, kafka_partition, kafka_offset"
+    )
+    with conn.cursor().copy(f"copy transfers ({columns}) from stdin") as copy:
+        for consumed, outcome in zip(fresh, outcomes, strict=True):
+            t = consumed.transfer
+            copy.write_row(
+                (
+                    t.transfer_id,
+                    t.source.value,
+                    t.debit_account_id,
+                    t.credit_account_id,
+                    t.amount_minor,
+                    t.currency,
+                    outcome.status,
+                    outcome.reason.value if outcome.reason else None,
+                    t.category,
+                    t.tags,
+                    t.description,
+                    t.reference,
+                    t.requested_by,
+                    t.correlation_id,
+                    t.requested_at,
+                    now if outcome.status == "posted" else None,
+                    consumed.topic,
+                    consumed.partition,
+                    consumed.offset,
+                )
+            )
+
+
+def _insert_entries(conn: psycopg.Connection[Any], result: BatchResult, now: datetime) -> None:
+    entries = [entry for outcome in result.outcomes for entry in outcome.entries]
+    if not entries:
+        return
+    with conn.cursor().copy(
+        "copy entries (transfer_id, account_id, amount_minor, balance_after_minor, posted_at) "
+        "from stdin"
+    ) as copy:
+        for e in entries:
+            copy.write_row(
+                (e.transfer_id, e.account_id, e.amount_minor, e.balance_after_minor, now)
+            )
+
+
+def _update_balances(conn: psycopg.Connection[Any], balances: dict[uuid.UUID, int]) -> None:
+    if not balances:
+        return
+    conn.execute(
+        "update accounts a set balance_minor = v.balance, version = a.version + 1, "
+        "updated_at = now() "
+        "from unnest(%s::uuid[], %s::bigint[]) as v(id, balance) where a.id = v.id",
+        (list(balances), list(balances.values())),
+    )
+
+
+def _store_offsets(
+    conn: psycopg.Connection[Any], group_id: str, ranges: dict[TopicPartitionKey, OffsetRange]
+) -> None:
+    known = [k for k in sorted(ranges) if ranges[k].expected is not None]
+    new = [k for k in sorted(ranges) if ranges[k].expected is None]
+    if known:
+        conn.execute(
+            "update consumer_offsets o set next_offset = v.next_offset, updated_at = now() "
+            "from unnest(%s::text[], %s::int[], %s::bigint[]) as v(topic, partition, next_offset) "
+            "where o.group_id = %s and o.topic = v.topic and o.partition = v.partition",
+            (
+                [k[0] for k in known],
+                [k[1] for k in known],
+                [ranges[k].next_offset for k in known],
+                group_id,
+            ),
+        )
+    if new:
+        try:
+            with conn.transaction():  # a savepoint: a racing first insert is "offsets moved"
+                conn.execute(
+                    "insert into consumer_offsets (group_id, topic, partition, next_offset) "
+                    "select %s, * from unnest(%s::text[], %s::int[], %s::bigint[])",
+                    (
+                        group_id,
+                        [k[0] for k in new],
+                        [k[1] for k in new],
+                        [ranges[k].next_offset for k in new],
+                    ),
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            raise OffsetsMoved(f"another poster stored offsets first for {new}") from exc
+
+
+OutboxRow = tuple[uuid.UUID, str, bytes | None, bytes | None, str, uuid.UUID | None]
+
+
+def _events(
+    fresh: Sequence[ConsumedTransfer], outcomes: Sequence[Outcome], topics: Topics, now: datetime
+) -> list[OutboxRow]:
+    rows: list[OutboxRow] = []
+    for consumed, outcome in zip(fresh, outcomes, strict=True):
+        t = consumed.transfer
+        event_type: TransferEventType = (
+            "transfer.posted" if outcome.status == "posted" else "transfer.failed"
+        )
+        balances = {e.account_id: e.balance_after_minor for e in outcome.entries}
+        event = TransferEvent(
+            event_id=event_id_for(t.transfer_id, event_type),
+            event_type=event_type,
+            transfer_id=t.transfer_id,
+            status=outcome.status,
+            reason=outcome.reason.value if outcome.reason else None,
+            debit_account_id=t.debit_account_id,
+            credit_account_id=t.credit_account_id,
+            amount_minor=t.amount_minor,
+            currency=t.currency,
+            debit_balance_after_minor=balances.get(t.debit_account_id),
+            credit_balance_after_minor=balances.get(t.credit_account_id),
+            occurred_at=now,
+            requested_at=t.requested_at,
+            correlation_id=t.correlation_id,
+        )
+        headers = {h.EVENT_ID: str(event.event_id)}
+        if t.correlation_id:
+            headers[h.CORRELATION_ID] = t.correlation_id
+        topic = topics.posted if outcome.status == "posted" else topics.failed
+        rows.append(
+            (
+                event.event_id,
+                topic,
+                str(t.transfer_id).encode(),
+                event.model_dump_json().encode(),
+                json.dumps(headers),
+                t.transfer_id,
+            )
+        )
+    return rows
+
+
+def dead_letter_event_id(topic: str, partition: int, offset: int) -> uuid.UUID:
+    """One id per poisoned position: dead-lettering the same message again is a no-op."""
+    return event_id_for(
+        uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{topic}:{partition}:{offset}"), "dead_letter"
+    )
+
+
+def _dead_letter_row(letter: DeadLetter, dlq_topic: str) -> OutboxRow:
+    now = datetime.now(UTC).isoformat()
+    headers = {
+        h.EVENT_ID: str(dead_letter_event_id(letter.topic, letter.partition, letter.offset)),
+        h.ORIGINAL_TOPIC: letter.topic,
+        h.ORIGINAL_PARTITION: str(letter.partition),
+        h.ORIGINAL_OFFSET: str(letter.offset),
+        h.ATTEMPT: "1",
+        h.ERROR_CLASS: letter.error_class,
+        h.ERROR_MESSAGE: letter.error_message[:1000],
+        h.FIRST_FAILURE_AT: now,
+    }
+    return (
+        dead_letter_event_id(letter.topic, letter.partition, letter.offset),
+        dlq_topic,
+        letter.key,
+        letter.value,
+        json.dumps(headers),
+        None,
+    )
+
+
+def _insert_outbox(conn: psycopg.Connection[Any], rows: list[OutboxRow]) -> None:
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
+    # on conflict: a replayed batch re-creates the same event ids; the first one stands.
+    conn.execute(
+        "insert into outbox (event_id, topic, key, payload, headers, transfer_id) "
+        "select * from unnest(%s::uuid[], %s::text[], %s::bytea[], %s::bytea[], %s::jsonb[], "
+        "%s::uuid[]) on conflict (event_id) do nothing",
+        [list(c) for c in columns],
+    )
+
+
+def _summarise(outcomes: Sequence[Outcome], duplicates: int, dead_letters: int) -> BatchSummary:
+    summary = BatchSummary(duplicates=duplicates, dead_letters=dead_letters)
+    for outcome in outcomes:
+        if outcome.status == "posted":
+            summary.posted += 1
+        else:
+            summary.failed += 1
+            reason = outcome.reason.value if outcome.reason else "unknown"
+            summary.failure_reasons[reason] = summary.failure_reasons.get(reason, 0) + 1
+    return summary
+
+
+def load_offsets(
+    conn: psycopg.Connection[Any], group_id: str, keys: Sequence[TopicPartitionKey]
+) -> dict[TopicPartitionKey, int]:
+    """The stored next offset of each partition that has one."""
+    rows = conn.execute(
+        "select topic, partition, next_offset from consumer_offsets "
+        "where group_id = %s and (topic, partition) in "
+        "(select * from unnest(%s::text[], %s::int[]))",
+        (group_id, [k[0] for k in keys], [k[1] for k in keys]),
+    ).fetchall()
+    return {(topic, partition): offset for topic, partition, offset in rows}

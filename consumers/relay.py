@@ -1,0 +1,129 @@
+"""The outbox relay: publishes outbox rows to Kafka in order, then marks them sent.
+
+At least once: a crash after the broker acknowledged a round but before the rows
+were marked sent publishes that round again. Every event carries its event id
+(in the payload and the ``bankflow-event-id`` header) and consumers dedupe on it.
+Only one relay publishes at a time (a PostgreSQL advisory lock), which keeps the
+outbox's order on the topics; a second relay waits as a hot standby.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaError, Message, Producer
+
+from bankflow.bootstrap import db_connect, kafka_producer
+from bankflow.errors import BankflowError
+from bankflow.settings import Settings
+
+log = logging.getLogger("bankflow.relay")
+
+#: How long one round may wait for the broker's acknowledgements before it is retried.
+FLUSH_TIMEOUT_S = 30
+#: A standby relay tries for the leader lock this often.
+STANDBY_RETRY_S = 2.0
+
+
+class DeliveryFailed(BankflowError):
+    """The broker did not acknowledge every event of a round; the round is retried."""
+
+    transient = True
+
+
+def leader_lock_key(settings: Settings) -> str:
+    return f"bankflow-relay:{settings.db_schema}"
+
+
+def try_become_leader(conn: psycopg.Connection[Any], settings: Settings) -> bool:
+    """Take the session-level advisory lock; it is released when the connection closes."""
+    row = conn.execute(
+        "select pg_try_advisory_lock(hashtextextended(%s, 0))", (leader_lock_key(settings),)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def relay_once(conn: psycopg.Connection[Any], producer: Producer, batch_max: int) -> int:
+    """Publish up to ``batch_max`` unsent rows in id order and mark them sent."""
+    with conn.transaction():
+        rows = conn.execute(
+            "select id, topic, key, payload, headers from outbox where sent_at is null "
+            "order by id limit %s for update",
+            (batch_max,),
+        ).fetchall()
+        if not rows:
+            return 0
+        errors: list[str] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                errors.append(f"{message.topic()}: {error}")
+
+        for _id, topic, key, payload, headers in rows:
+            producer.produce(
+                topic,
+                key=key,
+                value=payload,
+                headers=[(k, str(v).encode()) for k, v in headers.items()],
+                on_delivery=delivered,
+            )
+            producer.poll(0)
+        remaining = producer.flush(FLUSH_TIMEOUT_S)
+        if errors or remaining:
+            raise DeliveryFailed(f"{len(errors)} failed, {remaining} unacknowledged: {errors[:3]}")
+        conn.execute(
+            "update outbox set sent_at = now() where id = any(%s)", ([r[0] for r in rows],)
+        )
+    return len(rows)
+
+
+class Relay:
+    def __init__(
+        self, settings: Settings, conn: psycopg.Connection[Any], producer: Producer
+    ) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.producer = producer
+        self.stopping = False
+        self.published = 0
+
+    def run(self) -> None:
+        while not self.stopping and not try_become_leader(self.conn, self.settings):
+            time.sleep(STANDBY_RETRY_S)
+        log.info("relay is the leader; publishing the outbox")
+        while not self.stopping:
+            try:
+                count = relay_once(self.conn, self.producer, self.settings.relay_batch_max)
+            except DeliveryFailed as exc:
+                log.warning("%s; retrying the round", exc)
+                time.sleep(1)
+                continue
+            self.published += count
+            if count == 0:
+                time.sleep(self.settings.relay_idle_poll_ms / 1000)
+
+
+def build(settings: Settings) -> Relay:
+    return Relay(settings, db_connect(settings, autocommit=True), kafka_producer(settings))
+
+
+def run(settings: Settings) -> None:
+    """``bankflow run relay``: publish until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    relay = build(settings)
+
+    def stop(*_: object) -> None:
+        relay.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        relay.run()
+    finally:
+        relay.producer.flush(FLUSH_TIMEOUT_S)
+        relay.conn.close()
+        log.info("relay stopped after publishing %d events", relay.published)

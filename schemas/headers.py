@@ -1,0 +1,18 @@
+"""Kafka header names bankflow sets, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+EVENT_ID: Final = "bankflow-event-id"
+CORRELATION_ID: Final = "bankflow-correlation-id"
+
+# On retried and dead-lettered messages (see docs/architecture.md).
+ORIGINAL_TOPIC: Final = "bankflow-original-topic"
+ORIGINAL_PARTITION: Final = "bankflow-original-partition"
+ORIGINAL_OFFSET: Final = "bankflow-original-offset"
+ATTEMPT: Final = "bankflow-attempt"
+ERROR_CLASS: Final = "bankflow-error-class"
+ERROR_MESSAGE: Final = "bankflow-error-message"
+FIRST_FAILURE_AT: Final = "bankflow-first-failure-at"
+NOT_BEFORE: Final = "bankflow-not-before"

@@ -1,0 +1,111 @@
+"""Messages about transfers, as they travel on Kafka.
+
+Money is ``amount_minor`` (an integer count of minor units) plus ``currency``;
+decimal strings exist only at the edges (API, files, CLI), parsed by
+``bankflow.domain.money``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bankflow.domain.money import AMOUNT_MINOR_MAX
+
+#: The namespace of every id bankflow derives (transfer ids from idempotency keys,
+#: event ids from transfer ids). Changing it would change every derived id.
+BANKFLOW_NAMESPACE: Final = uuid.UUID("6f1c2b0e-5d3a-4c8e-9a7b-2f4e6d8c0a1b")
+
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+AmountMinor = Annotated[int, Field(gt=0, le=AMOUNT_MINOR_MAX, examples=[1250])]
+Tag = Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class TransferSource(StrEnum):
+    API = "api"
+    BATCH = "batch"
+    EXTERNAL = "external"
+
+
+def transfer_id_for(caller: str, idempotency_key: str) -> uuid.UUID:
+    """The transfer id of a request: the same caller and key always give the same id."""
+    return uuid.uuid5(BANKFLOW_NAMESPACE, f"transfer:{caller}:{idempotency_key}")
+
+
+def event_id_for(transfer_id: uuid.UUID, event_type: str) -> uuid.UUID:
+    """One event id per transfer and kind of event, so a re-published event dedupes."""
+    return uuid.uuid5(BANKFLOW_NAMESPACE, f"event:{event_type}:{transfer_id}")
+
+
+class _Message(BaseModel):
+    # Unknown fields are ignored so that a newer producer can add one without
+    # breaking an older consumer; every field we rely on is declared and checked.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class TransferDetails(_Message):
+    """What every stage carries along about a transfer, beyond its money."""
+
+    description: str = Field(default="", max_length=500)
+    category: str | None = Field(default=None, max_length=64)
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    reference: str | None = Field(default=None, max_length=140)
+    requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    requested_by: str | None = Field(default=None, max_length=128)
+    correlation_id: str | None = Field(default=None, max_length=128)
+
+
+class TransferRequest(TransferDetails):
+    """On ``transfers.requested``: what a client, a file or the CLI asked for.
+
+    Accounts are named as the requester named them: an account id or an IBAN.
+    """
+
+    transfer_id: uuid.UUID
+    source: TransferSource
+    debit_account: str = Field(min_length=1, max_length=64)
+    credit_account: str = Field(min_length=1, max_length=64)
+    amount_minor: AmountMinor
+    currency: Currency
+
+
+class AcceptedTransfer(TransferDetails):
+    """On ``transfers.accepted``: a request the validator accepted, accounts resolved."""
+
+    transfer_id: uuid.UUID
+    source: TransferSource
+    debit_account_id: uuid.UUID
+    credit_account_id: uuid.UUID
+    amount_minor: AmountMinor
+    currency: Currency
+    ruleset_version: str | None = None
+    risk_reasons: list[str] = Field(default_factory=list)
+
+
+TransferEventType = Literal["transfer.posted", "transfer.failed"]
+
+
+class TransferEvent(_Message):
+    """On ``transfers.posted`` / ``transfers.failed``: what the ledger did, once.
+
+    Published through the outbox, so it may arrive twice: consumers dedupe on ``event_id``.
+    """
+
+    event_id: uuid.UUID
+    event_type: TransferEventType
+    transfer_id: uuid.UUID
+    status: Literal["posted", "failed"]
+    reason: str | None = None
+    debit_account_id: uuid.UUID
+    credit_account_id: uuid.UUID
+    amount_minor: AmountMinor
+    currency: Currency
+    debit_balance_after_minor: int | None = None
+    credit_balance_after_minor: int | None = None
+    occurred_at: datetime
+    requested_at: datetime
+    correlation_id: str | None = None

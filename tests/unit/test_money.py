@@ -1,0 +1,83 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bankflow.domain.errors import InvalidAmount, UnsupportedCurrency
+from bankflow.domain.money import (
+    AMOUNT_MINOR_MAX,
+    CURRENCY_EXPONENTS,
+    exponent,
+    format_amount,
+    parse_amount,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "currency", "minor"),
+    [
+        ("12.30", "EUR", 1230),
+        ("12.3", "EUR", 1230),
+        ("12", "EUR", 1200),
+        ("0.01", "EUR", 1),
+        ("1500", "JPY", 1500),
+        ("1.234", "KWD", 1234),
+        (" 7.00 ", "USD", 700),
+    ],
+)
+def test_decimal_strings_become_minor_units(text: str, currency: str, minor: int) -> None:
+    assert parse_amount(text, currency) == minor
+
+
+@pytest.mark.parametrize(
+    ("text", "currency", "message"),
+    [
+        ("12.345", "EUR", "3 decimal places; EUR has 2"),
+        ("1.5", "JPY", "JPY has 0"),
+        ("0", "EUR", "greater than zero"),
+        ("0.00", "EUR", "greater than zero"),
+        ("-5", "EUR", "not a plain decimal"),
+        ("1e3", "EUR", "not a plain decimal"),
+        ("12,30", "EUR", "not a plain decimal"),
+        ("", "EUR", "not a plain decimal"),
+        ("NaN", "EUR", "not a plain decimal"),
+        ("100000000000000.01", "EUR", "above the limit"),
+    ],
+)
+def test_bad_amounts_are_refused_with_the_reason(text: str, currency: str, message: str) -> None:
+    with pytest.raises(InvalidAmount, match=message):
+        parse_amount(text, currency)
+
+
+def test_a_float_is_refused_outright() -> None:
+    with pytest.raises(InvalidAmount, match="decimal string"):
+        parse_amount(12.3, "EUR")  # type: ignore[arg-type]
+
+
+def test_an_unsupported_currency_names_the_supported_ones() -> None:
+    with pytest.raises(UnsupportedCurrency, match=r"'XYZ' is not supported; supported: .*EUR"):
+        exponent("XYZ")
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "text"),
+    [
+        (1230, "EUR", "12.30"),
+        (5, "EUR", "0.05"),
+        (-5, "EUR", "-0.05"),
+        (0, "EUR", "0.00"),
+        (1500, "JPY", "1500"),
+        (1234, "KWD", "1.234"),
+    ],
+)
+def test_minor_units_format_with_the_currency_exponent(
+    minor: int, currency: str, text: str
+) -> None:
+    assert format_amount(minor, currency) == text
+
+
+@given(
+    st.integers(min_value=1, max_value=AMOUNT_MINOR_MAX),
+    st.sampled_from(sorted(CURRENCY_EXPONENTS)),
+)
+def test_format_then_parse_is_the_identity(minor: int, currency: str) -> None:
+    assert parse_amount(format_amount(minor, currency), currency) == minor
