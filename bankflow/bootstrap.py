@@ -54,10 +54,19 @@ def kafka_consumer(settings: Settings, *, group_id: str, **overrides: Any) -> Co
     return Consumer(config)
 
 
-def db_connect(settings: Settings, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A PostgreSQL connection whose search path is the configured schema."""
+def db_connect(
+    settings: Settings, *, application_name: str = "bankflow", **kwargs: Any
+) -> psycopg.Connection[Any]:
+    """A PostgreSQL connection whose search path is the configured schema.
+
+    ``application_name`` shows in ``pg_stat_activity``: services name themselves and
+    their pid there, so an operator (or a chaos test) can tell their sessions apart.
+    """
     return psycopg.connect(
-        settings.database_url, options=f"-c search_path={settings.db_schema}", **kwargs
+        settings.database_url,
+        options=f"-c search_path={settings.db_schema}",
+        application_name=application_name,
+        **kwargs,
     )
 
 

@@ -10,6 +10,7 @@ never used to decide where to resume.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -245,7 +246,7 @@ class Poster:
         try:
             self.conn.close()
         finally:
-            self.conn = db_connect(self.settings, autocommit=True)
+            self.conn = connect(self.settings)
 
 
 def position(message: Message) -> tuple[str, int, int]:
@@ -271,7 +272,11 @@ def build(settings: Settings) -> Poster:
     )
     # Autocommit: every write goes through an explicit transaction block in write_batch,
     # and reads between batches hold no snapshot open.
-    return Poster(settings, consumer, db_connect(settings, autocommit=True))
+    return Poster(settings, consumer, connect(settings))
+
+
+def connect(settings: Settings) -> psycopg.Connection[Any]:
+    return db_connect(settings, application_name=f"bankflow-poster-{os.getpid()}", autocommit=True)
 
 
 def run(settings: Settings) -> None:

@@ -156,6 +156,7 @@ def settings(stack: StackEndpoints, test_id: str) -> Settings:
         topic_partitions=TEST_TOPIC_PARTITIONS,
         db_schema=f"test_{test_id}",
         redis_prefix=f"test:{test_id}:",
+        poster_group=f"test-{test_id}-poster",
     )
 
 
