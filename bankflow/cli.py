@@ -21,10 +21,14 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, PostgreSQL, Redis.")
 topics_app = typer.Typer(no_args_is_help=True, help="The Kafka topics named in schemas/topics.py.")
+bench_app = typer.Typer(
+    no_args_is_help=True, help="Benchmarks: ratios against a same-run baseline."
+)
 accounts_app = typer.Typer(no_args_is_help=True, help="Customers' and the bank's accounts.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(bench_app, name="bench")
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
@@ -194,7 +198,7 @@ def accounts_create(
         console.print("[red]give exactly one of --customer ID or --customer-name NAME[/red]")
         raise typer.Exit(2)
     settings = _settings()
-    overdraft_minor = 0 if overdraft in ("0", "0.00") else parse_amount(overdraft, currency)
+    overdraft_minor = parse_amount(overdraft, currency, allow_zero=True)
     with db_connect(settings) as conn:
         owner = uuid.UUID(customer) if customer else create_customer(conn, customer_name or "")
         account = open_account(
@@ -333,6 +337,33 @@ def verify_ledger(as_json: JsonFlag = False) -> None:
             )
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------- bench
+
+
+@bench_app.command("poster")
+def bench_poster(
+    transfers: Annotated[int, typer.Option(help="Transfers per measurement.")] = 100_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Poster throughput next to bare set-based SQL, and with one hot account."""
+    from bench.poster import run_bench
+
+    result = run_bench(_settings(), transfers, echo=console.print)
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("measure", "value")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@bench_app.command("all")
+def bench_all(as_json: JsonFlag = False) -> None:
+    """Every benchmark with its defaults."""
+    bench_poster(transfers=100_000, as_json=as_json)
 
 
 # --------------------------------------------------------------------- run

@@ -37,8 +37,11 @@ def exponent(currency: str) -> int:
         ) from None
 
 
-def parse_amount(text: str, currency: str) -> int:
+def parse_amount(text: str, currency: str, *, allow_zero: bool = False) -> int:
     """A positive decimal string such as ``"12.30"`` as minor units (1230 for EUR).
+
+    ``allow_zero`` admits ``"0"`` for limits (an overdraft of nothing); amounts of
+    money moved are always greater than zero.
 
     More decimal places than the currency has are refused, never rounded: a
     bank does not guess what a customer meant by 0.005 EUR.
@@ -55,7 +58,7 @@ def parse_amount(text: str, currency: str) -> int:
             f"amount {text!r} has {len(fraction)} decimal places; {currency} has {places}"
         )
     minor = int(match.group("int") + fraction.ljust(places, "0"))
-    if minor <= 0:
+    if minor < 0 or (minor == 0 and not allow_zero):
         raise InvalidAmount(f"amount {text!r} must be greater than zero")
     if minor > AMOUNT_MINOR_MAX:
         raise InvalidAmount(f"amount {text!r} is above the limit of one transfer")

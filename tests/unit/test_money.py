@@ -48,6 +48,12 @@ def test_bad_amounts_are_refused_with_the_reason(text: str, currency: str, messa
         parse_amount(text, currency)
 
 
+def test_zero_is_only_a_limit_never_an_amount() -> None:
+    assert parse_amount("0.00", "EUR", allow_zero=True) == 0
+    with pytest.raises(InvalidAmount, match="greater than zero"):
+        parse_amount("0.00", "EUR")
+
+
 def test_a_float_is_refused_outright() -> None:
     with pytest.raises(InvalidAmount, match="decimal string"):
         parse_amount(12.3, "EUR")  # type: ignore[arg-type]

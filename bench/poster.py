@@ -1,0 +1,245 @@
+"""``bankflow bench poster``: the poster's rate next to bare set-based SQL, in one run.
+
+Three measurements on the same machine, in a throw-away schema and topic prefix:
+
+- ``baseline_tps``: the same ledger writes (transfers, entries, balances, outbox,
+  in batches of the poster's size) done by bare set-based SQL, with every row
+  computed in advance: the floor cost of the database work.
+- ``poster_tps``: N accepted transfers among many accounts, through Kafka and the
+  poster (decode, lock, posting rules, one transaction per batch).
+- ``hot_tps``: the same, but every transfer debits one hot account.
+
+The figures are ``ratio`` = poster / baseline and ``hot_ratio`` = hot / poster.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from bankflow.bootstrap import db_connect, kafka_admin, kafka_producer
+from bankflow.domain.posting import AccountState, AccountStatus, AccountType, post_batch
+from bankflow.domain.posting import TransferInstruction as Instruction
+from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
+from bankflow.settings import Settings
+from consumers.poster import build as build_poster
+from infra.db import migrate
+from infra.topics import create_topics
+from schemas.topics import TRANSFERS_ACCEPTED
+from schemas.transfers import AcceptedTransfer, TransferSource
+
+#: Accounts the uniform workload spreads over: enough that batches rarely share one.
+ACCOUNTS = 1000
+#: Every account is funded with this much, far more than it will spend.
+FUNDING_MINOR = 10**12
+
+
+def run_bench(settings: Settings, transfers: int, echo: Callable[[str], None]) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    bench = settings.model_copy(
+        update={
+            "topic_prefix": f"bench-{tag}.",
+            "db_schema": f"bench_{tag}",
+            "poster_group": f"bench-{tag}-poster",
+        }
+    )
+    migrate(bench)
+    create_topics(bench, (TRANSFERS_ACCEPTED,))
+    try:
+        with db_connect(bench, autocommit=True) as conn:
+            accounts = _funded_accounts(conn, bench, echo)
+            echo(f"baseline: {transfers} transfers as bare set-based SQL ...")
+            baseline = _bare_sql_tps(conn, accounts, transfers, bench.poster_batch_max)
+            echo(f"  {baseline:,.0f} transfers/s")
+            echo(f"poster: {transfers} transfers through Kafka and the poster ...")
+            uniform = _poster_tps(conn, bench, _uniform(accounts, transfers))
+            echo(f"  {uniform:,.0f} transfers/s")
+            echo(f"hot: {transfers} transfers all debiting one account ...")
+            hot = _poster_tps(conn, bench, _hot(accounts, transfers))
+            echo(f"  {hot:,.0f} transfers/s")
+    finally:
+        _clean_up(bench)
+    return {
+        "transfers": transfers,
+        "batch_max": settings.poster_batch_max,
+        "partitions": settings.topic_partitions,
+        "baseline_tps": round(baseline),
+        "poster_tps": round(uniform),
+        "hot_tps": round(hot),
+        "ratio": round(uniform / baseline, 3),
+        "hot_ratio": round(hot / uniform, 3),
+    }
+
+
+def _funded_accounts(
+    conn: psycopg.Connection[Any], settings: Settings, echo: Callable[[str], None]
+) -> list[uuid.UUID]:
+    echo(f"opening and funding {ACCOUNTS} accounts (through the poster) ...")
+    with conn.transaction():
+        customer = create_customer(conn, "Bench Customer")
+        ids = [
+            open_account(
+                conn, settings, customer_id=customer, account_type="checking", currency="EUR"
+            ).id
+            for _ in range(ACCOUNTS)
+        ]
+    cash = find_internal_account(conn, "cash", "EUR")
+    if cash is None:
+        raise RuntimeError("the bench schema has no EUR cash account")
+    _poster_tps(conn, settings, [_accepted(cash.id, a, FUNDING_MINOR) for a in ids])
+    return ids
+
+
+def _accepted(debit: uuid.UUID, credit: uuid.UUID, amount: int) -> AcceptedTransfer:
+    return AcceptedTransfer(
+        transfer_id=uuid.uuid4(),
+        source=TransferSource.API,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount_minor=amount,
+        currency="EUR",
+    )
+
+
+def _uniform(accounts: list[uuid.UUID], count: int) -> list[AcceptedTransfer]:
+    rng = random.Random(1)
+    pairs = (rng.sample(accounts, 2) for _ in range(count))
+    return [_accepted(debit, credit, rng.randint(1, 10_000)) for debit, credit in pairs]
+
+
+def _hot(accounts: list[uuid.UUID], count: int) -> list[AcceptedTransfer]:
+    rng = random.Random(2)
+    hot, others = accounts[0], accounts[1:]
+    return [_accepted(hot, rng.choice(others), rng.randint(1, 10_000)) for _ in range(count)]
+
+
+def _poster_tps(
+    conn: psycopg.Connection[Any], settings: Settings, transfers: list[AcceptedTransfer]
+) -> float:
+    """Produce ``transfers`` (untimed), then time the poster from its first batch to the last."""
+    tuning: dict[str, Any] = {"linger.ms": 20, "batch.size": 1_000_000}
+    producer = kafka_producer(settings, **tuning)
+    topic = settings.topic(TRANSFERS_ACCEPTED)
+    for t in transfers:
+        producer.produce(
+            topic, key=str(t.debit_account_id).encode(), value=t.model_dump_json().encode()
+        )
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("the broker did not acknowledge the bench's transfers")
+    target = _transfer_count(conn) + len(transfers)
+    poster = build_poster(settings)
+    poster.subscribe()
+    try:
+        while poster.poll_and_post() == 0:  # joining the group and seeking: not measured
+            pass
+        started = time.perf_counter()
+        first = poster.stats.posted + poster.stats.failed
+        while _transfer_count(conn) < target:
+            poster.poll_and_post()
+        elapsed = time.perf_counter() - started
+        return (poster.stats.posted + poster.stats.failed - first) / elapsed
+    finally:
+        poster.consumer.close()
+        poster.conn.close()
+
+
+def _transfer_count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select count(*) from transfers").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _bare_sql_tps(
+    conn: psycopg.Connection[Any], accounts: list[uuid.UUID], count: int, batch_max: int
+) -> float:
+    """The same writes the poster makes, with every row computed before the clock starts."""
+    rows = conn.execute(
+        "select id, balance_minor from accounts where id = any(%s)", (accounts,)
+    ).fetchall()
+    state = {
+        r[0]: AccountState(r[0], AccountType.CHECKING, "EUR", AccountStatus.ACTIVE, r[1])
+        for r in rows
+    }
+    rng = random.Random(3)
+    batches = []
+    for start in range(0, count, batch_max):
+        size = min(batch_max, count - start)
+        instructions = []
+        for _ in range(size):
+            debit, credit = rng.sample(accounts, 2)
+            instructions.append(
+                Instruction(uuid.uuid4(), debit, credit, rng.randint(1, 10_000), "EUR")
+            )
+        result = post_batch(state, instructions)
+        state.update(
+            {
+                a: AccountState(a, AccountType.CHECKING, "EUR", AccountStatus.ACTIVE, b)
+                for a, b in result.balances.items()
+            }
+        )
+        batches.append((instructions, result))
+    started = time.perf_counter()
+    for instructions, result in batches:
+        _write_bare(conn, instructions, result)
+    return count / (time.perf_counter() - started)
+
+
+def _write_bare(
+    conn: psycopg.Connection[Any], instructions: list[Instruction], result: Any
+) -> None:
+    now = datetime.now(UTC)
+    with conn.transaction():
+        ids = sorted(result.balances)
+        conn.execute("select id from accounts where id = any(%s) order by id for update", (ids,))
+        with conn.cursor().copy(
+            "copy transfers (id, source, debit_account_id, credit_account_id, amount_minor, "
+            "currency, status, requested_at, posted_at) from stdin"
+        ) as copy:
+            for i in instructions:
+                copy.write_row(
+                    (
+                        i.transfer_id,
+                        "api",
+                        i.debit_account_id,
+                        i.credit_account_id,
+                        i.amount_minor,
+                        "EUR",
+                        "posted",
+                        now,
+                        now,
+                    )
+                )
+        with conn.cursor().copy(
+            "copy entries (transfer_id, account_id, amount_minor, balance_after_minor, posted_at) "
+            "from stdin"
+        ) as copy:
+            for outcome in result.outcomes:
+                for e in outcome.entries:
+                    copy.write_row(
+                        (e.transfer_id, e.account_id, e.amount_minor, e.balance_after_minor, now)
+                    )
+        conn.execute(
+            "update accounts a set balance_minor = v.b, version = a.version + 1, "
+            "updated_at = now() from unnest(%s::uuid[], %s::bigint[]) as v(id, b) where a.id = v.id",
+            (ids, [result.balances[i] for i in ids]),
+        )
+        payload = b'{"bench": true}'
+        conn.execute(
+            "insert into outbox (event_id, topic, key, payload, transfer_id) "
+            "select gen_random_uuid(), 'bench', null, %s, t from unnest(%s::uuid[]) as t",
+            (payload, [i.transfer_id for i in instructions]),
+        )
+
+
+def _clean_up(settings: Settings) -> None:
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(f'drop schema if exists "{settings.db_schema}" cascade')
+    admin = kafka_admin(settings)  # keep it alive until the futures resolve
+    for future in admin.delete_topics([settings.topic(TRANSFERS_ACCEPTED)]).values():
+        future.result()
