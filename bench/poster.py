@@ -226,7 +226,8 @@ def _write_bare(
                     )
         conn.execute(
             "update accounts a set balance_minor = v.b, version = a.version + 1, "
-            "updated_at = now() from unnest(%s::uuid[], %s::bigint[]) as v(id, b) where a.id = v.id",
+            "updated_at = now() from unnest(%s::uuid[], %s::bigint[]) as v(id, b) "
+            "where a.id = v.id",
             (ids, [result.balances[i] for i in ids]),
         )
         payload = b'{"bench": true}'
