@@ -127,28 +127,33 @@ def post_batch(
     ``accounts`` holds the current state of every account the batch names that
     exists; a missing id fails its transfer with ``unknown_account``.
     """
-    state = dict(accounts)
-    changed: dict[UUID, int] = {}
+    # Only balances change within a batch; they are tracked apart from the (immutable)
+    # account states, which ``refusal`` reads with the current balance swapped in.
+    balances = {account_id: a.balance_minor for account_id, a in accounts.items()}
+    touched: dict[UUID, None] = {}  # an ordered set
     outcomes: list[Outcome] = []
     for transfer in transfers:
-        debit = state.get(transfer.debit_account_id)
-        credit = state.get(transfer.credit_account_id)
+        debit = accounts.get(transfer.debit_account_id)
+        credit = accounts.get(transfer.credit_account_id)
+        if debit is not None and debit.balance_minor != balances[debit.id]:
+            debit = _with_balance(debit, balances[debit.id])
         reason = refusal(transfer, debit, credit)
         if reason is not None or debit is None or credit is None:
             outcomes.append(Outcome(transfer.transfer_id, "failed", reason))
             continue
-        debit_after = debit.balance_minor - transfer.amount_minor
-        credit_after = credit.balance_minor + transfer.amount_minor
-        state[debit.id] = _with_balance(debit, debit_after)
-        state[credit.id] = _with_balance(credit, credit_after)
-        changed[debit.id] = debit_after
-        changed[credit.id] = credit_after
+        debit_after = balances[debit.id] - transfer.amount_minor
+        credit_after = balances[credit.id] + transfer.amount_minor
+        balances[debit.id] = debit_after
+        balances[credit.id] = credit_after
+        touched[debit.id] = touched[credit.id] = None
         entries = (
             Entry(transfer.transfer_id, debit.id, -transfer.amount_minor, debit_after),
             Entry(transfer.transfer_id, credit.id, transfer.amount_minor, credit_after),
         )
         outcomes.append(Outcome(transfer.transfer_id, "posted", None, entries))
-    return BatchResult(tuple(outcomes), changed)
+    return BatchResult(
+        tuple(outcomes), {account_id: balances[account_id] for account_id in touched}
+    )
 
 
 def touched_accounts(transfers: Iterable[TransferInstruction]) -> set[UUID]:

@@ -9,14 +9,15 @@ are written with set-based SQL. Either all of it commits or none of it does.
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 
 from bankflow.domain.posting import (
     AccountState,
@@ -30,7 +31,7 @@ from bankflow.domain.posting import (
 )
 from bankflow.ledger.errors import OffsetsMoved
 from schemas import headers as h
-from schemas.transfers import AcceptedTransfer, TransferEvent, TransferEventType, event_id_for
+from schemas.transfers import AcceptedTransfer, event_id_for
 
 TopicPartitionKey = tuple[str, int]
 
@@ -106,11 +107,8 @@ def write_batch(  # noqa: PLR0917 - the batch's parts, each named at every call
         _insert_entries(conn, result, now)
         _update_balances(conn, result.balances)
         _store_offsets(conn, group_id, ranges)
-        _insert_outbox(
-            conn,
-            _events(fresh, result.outcomes, topics, now)
-            + [_dead_letter_row(d, topics.dlq) for d in dead_letters],
-        )
+        _insert_events(conn, _events(fresh, result.outcomes, topics, now))
+        _insert_dead_letters(conn, [_dead_letter_row(d, topics.dlq) for d in dead_letters])
     return _summarise(result.outcomes, duplicates, len(dead_letters))
 
 
@@ -178,23 +176,51 @@ def _decide(conn: psycopg.Connection[Any], fresh: Sequence[ConsumedTransfer]) ->
     return post_batch(accounts, instructions)
 
 
+# Column types for binary COPY. char(3) takes text's binary form, so currency is "text".
+TRANSFER_COLUMNS = (
+    ("id", "uuid"), ("source", "text"), ("debit_account_id", "uuid"),
+    ("credit_account_id", "uuid"), ("amount_minor", "int8"), ("currency", "text"),
+    ("status", "text"), ("reason", "text"), ("category", "text"), ("tags", "text[]"),
+    ("description", "text"), ("reference", "text"), ("requested_by", "text"),
+    ("correlation_id", "text"), ("requested_at", "timestamptz"), ("posted_at", "timestamptz"),
+    ("kafka_topic", "text"), ("kafka_partition", "int4"), ("kafka_offset", "int8"),
+)  # fmt: skip
+ENTRY_COLUMNS = (
+    ("transfer_id", "uuid"), ("account_id", "uuid"), ("amount_minor", "int8"),
+    ("balance_after_minor", "int8"), ("posted_at", "timestamptz"),
+)  # fmt: skip
+OUTBOX_COLUMNS = (
+    ("event_id", "uuid"), ("topic", "text"), ("key", "bytea"), ("payload", "bytea"),
+    ("headers", "jsonb"), ("transfer_id", "uuid"),
+)  # fmt: skip
+
+
+def _copy_rows(
+    conn: psycopg.Connection[Any],
+    table: str,
+    columns: tuple[tuple[str, str], ...],
+    rows: Iterable[tuple[Any, ...]],
+) -> None:
+    """COPY rows in PostgreSQL's binary format: the fastest way in, typed in C."""
+    names = ", ".join(name for name, _ in columns)
+    with conn.cursor().copy(f"copy {table} ({names}) from stdin (format binary)") as copy:
+        copy.set_types([type_name for _, type_name in columns])
+        for row in rows:
+            copy.write_row(row)
+
+
 def _insert_transfers(
     conn: psycopg.Connection[Any],
     fresh: Sequence[ConsumedTransfer],
     outcomes: Sequence[Outcome],
     now: datetime,
 ) -> None:
-    if not fresh:
-        return
-    columns = (
-        "id, source, debit_account_id, credit_account_id, amount_minor, currency, status, "
-        "reason, category, tags, description, reference, requested_by, correlation_id, "
-        "requested_at, posted_at, kafka_topic, kafka_partition, kafka_offset"
-    )
-    with conn.cursor().copy(f"copy transfers ({columns}) from stdin") as copy:
-        for consumed, outcome in zip(fresh, outcomes, strict=True):
-            t = consumed.transfer
-            copy.write_row(
+    if fresh:
+        _copy_rows(
+            conn,
+            "transfers",
+            TRANSFER_COLUMNS,
+            (
                 (
                     t.transfer_id,
                     t.source.value,
@@ -212,25 +238,28 @@ def _insert_transfers(
                     t.correlation_id,
                     t.requested_at,
                     now if outcome.status == "posted" else None,
-                    consumed.topic,
-                    consumed.partition,
-                    consumed.offset,
+                    c.topic,
+                    c.partition,
+                    c.offset,
                 )
-            )
+                for c, outcome in zip(fresh, outcomes, strict=True)
+                for t in (c.transfer,)
+            ),
+        )
 
 
 def _insert_entries(conn: psycopg.Connection[Any], result: BatchResult, now: datetime) -> None:
     entries = [entry for outcome in result.outcomes for entry in outcome.entries]
-    if not entries:
-        return
-    with conn.cursor().copy(
-        "copy entries (transfer_id, account_id, amount_minor, balance_after_minor, posted_at) "
-        "from stdin"
-    ) as copy:
-        for e in entries:
-            copy.write_row(
+    if entries:
+        _copy_rows(
+            conn,
+            "entries",
+            ENTRY_COLUMNS,
+            (
                 (e.transfer_id, e.account_id, e.amount_minor, e.balance_after_minor, now)
-            )
+                for e in entries
+            ),
+        )
 
 
 def _update_balances(conn: psycopg.Connection[Any], balances: dict[uuid.UUID, int]) -> None:
@@ -278,46 +307,53 @@ def _store_offsets(
             raise OffsetsMoved(f"another poster stored offsets first for {new}") from exc
 
 
-OutboxRow = tuple[uuid.UUID, str, bytes | None, bytes | None, str, uuid.UUID | None]
+OutboxRow = tuple[uuid.UUID, str, bytes | None, bytes | None, Jsonb, uuid.UUID | None]
 
 
 def _events(
     fresh: Sequence[ConsumedTransfer], outcomes: Sequence[Outcome], topics: Topics, now: datetime
 ) -> list[OutboxRow]:
+    """One ``TransferEvent`` per transfer, serialised straight from plain values.
+
+    The poster builds thousands per batch, so it skips pydantic here; the tests
+    validate what it writes against ``TransferEvent``, which stays the contract.
+    """
     rows: list[OutboxRow] = []
+    occurred_at = now.isoformat()
     for consumed, outcome in zip(fresh, outcomes, strict=True):
         t = consumed.transfer
-        event_type: TransferEventType = (
-            "transfer.posted" if outcome.status == "posted" else "transfer.failed"
-        )
+        posted = outcome.status == "posted"
+        event_type = "transfer.posted" if posted else "transfer.failed"
+        event_id = event_id_for(t.transfer_id, event_type)
         balances = {e.account_id: e.balance_after_minor for e in outcome.entries}
-        event = TransferEvent(
-            event_id=event_id_for(t.transfer_id, event_type),
-            event_type=event_type,
-            transfer_id=t.transfer_id,
-            status=outcome.status,
-            reason=outcome.reason.value if outcome.reason else None,
-            debit_account_id=t.debit_account_id,
-            credit_account_id=t.credit_account_id,
-            amount_minor=t.amount_minor,
-            currency=t.currency,
-            debit_balance_after_minor=balances.get(t.debit_account_id),
-            credit_balance_after_minor=balances.get(t.credit_account_id),
-            occurred_at=now,
-            requested_at=t.requested_at,
-            correlation_id=t.correlation_id,
+        payload = orjson.dumps(
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "transfer_id": t.transfer_id,
+                "status": outcome.status,
+                "reason": outcome.reason.value if outcome.reason else None,
+                "debit_account_id": t.debit_account_id,
+                "credit_account_id": t.credit_account_id,
+                "amount_minor": t.amount_minor,
+                "currency": t.currency,
+                "debit_balance_after_minor": balances.get(t.debit_account_id),
+                "credit_balance_after_minor": balances.get(t.credit_account_id),
+                "occurred_at": occurred_at,
+                "requested_at": t.requested_at,
+                "correlation_id": t.correlation_id,
+            }
         )
-        headers = {h.EVENT_ID: str(event.event_id)}
+        headers = {h.EVENT_ID: str(event_id)}
         if t.correlation_id:
             headers[h.CORRELATION_ID] = t.correlation_id
-        topic = topics.posted if outcome.status == "posted" else topics.failed
         rows.append(
             (
-                event.event_id,
-                topic,
+                event_id,
+                topics.posted if posted else topics.failed,
                 str(t.transfer_id).encode(),
-                event.model_dump_json().encode(),
-                json.dumps(headers),
+                payload,
+                Jsonb(headers),
                 t.transfer_id,
             )
         )
@@ -348,22 +384,25 @@ def _dead_letter_row(letter: DeadLetter, dlq_topic: str) -> OutboxRow:
         dlq_topic,
         letter.key,
         letter.value,
-        json.dumps(headers),
+        Jsonb(headers),
         None,
     )
 
 
-def _insert_outbox(conn: psycopg.Connection[Any], rows: list[OutboxRow]) -> None:
-    if not rows:
-        return
-    columns = list(zip(*rows, strict=True))
-    # on conflict: a replayed batch re-creates the same event ids; the first one stands.
-    conn.execute(
-        "insert into outbox (event_id, topic, key, payload, headers, transfer_id) "
-        "select * from unnest(%s::uuid[], %s::text[], %s::bytea[], %s::bytea[], %s::jsonb[], "
-        "%s::uuid[]) on conflict (event_id) do nothing",
-        [list(c) for c in columns],
-    )
+def _insert_events(conn: psycopg.Connection[Any], rows: list[OutboxRow]) -> None:
+    """Events of transfers new to the ledger: their ids cannot exist yet, so COPY them."""
+    if rows:
+        _copy_rows(conn, "outbox", OUTBOX_COLUMNS, rows)
+
+
+def _insert_dead_letters(conn: psycopg.Connection[Any], rows: list[OutboxRow]) -> None:
+    """Dead letters may repeat (a replay from offset 0): the first one of an id stands."""
+    for row in rows:
+        conn.execute(
+            "insert into outbox (event_id, topic, key, payload, headers, transfer_id) "
+            "values (%s, %s, %s, %s, %s, %s) on conflict (event_id) do nothing",
+            row,
+        )
 
 
 def _summarise(outcomes: Sequence[Outcome], duplicates: int, dead_letters: int) -> BatchSummary:
