@@ -27,6 +27,7 @@ from bankflow.bootstrap import db_connect, kafka_admin, kafka_producer
 from bankflow.domain.posting import AccountState, AccountStatus, AccountType, post_batch
 from bankflow.domain.posting import TransferInstruction as Instruction
 from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
+from bankflow.ledger.store import ConsumedTransfer, Topics, prepare, write_prepared
 from bankflow.settings import Settings
 from consumers.poster import build as build_poster
 from infra.db import migrate
@@ -55,7 +56,7 @@ def run_bench(settings: Settings, transfers: int, echo: Callable[[str], None]) -
         with db_connect(bench, autocommit=True) as conn:
             accounts = _funded_accounts(conn, bench, echo)
             echo(f"baseline: {transfers} transfers as bare set-based SQL ...")
-            baseline = _bare_sql_tps(conn, accounts, transfers, bench.poster_batch_max)
+            baseline = _bare_sql_tps(conn, bench, accounts, transfers)
             echo(f"  {baseline:,.0f} transfers/s")
             echo(f"poster: {transfers} transfers through Kafka and the poster ...")
             uniform = _poster_tps(conn, bench, _uniform(accounts, transfers))
@@ -107,8 +108,8 @@ def _accepted(debit: uuid.UUID, credit: uuid.UUID, amount: int) -> AcceptedTrans
     )
 
 
-def _uniform(accounts: list[uuid.UUID], count: int) -> list[AcceptedTransfer]:
-    rng = random.Random(1)
+def _uniform(accounts: list[uuid.UUID], count: int, seed: int = 1) -> list[AcceptedTransfer]:
+    rng = random.Random(seed)
     pairs = (rng.sample(accounts, 2) for _ in range(count))
     return [_accepted(debit, credit, rng.randint(1, 10_000)) for debit, credit in pairs]
 
@@ -156,9 +157,14 @@ def _transfer_count(conn: psycopg.Connection[Any]) -> int:
 
 
 def _bare_sql_tps(
-    conn: psycopg.Connection[Any], accounts: list[uuid.UUID], count: int, batch_max: int
+    conn: psycopg.Connection[Any], settings: Settings, accounts: list[uuid.UUID], count: int
 ) -> float:
-    """The same writes the poster makes, with every row computed before the clock starts."""
+    """The poster's exact writes, every row computed before the clock starts.
+
+    Per batch: lock the touched accounts in id order, binary-COPY the transfers, the
+    entries and the events, update the balances, commit. What this leaves out is what
+    the poster adds: Kafka, decoding, the posting rules, building the rows, the offsets.
+    """
     rows = conn.execute(
         "select id, balance_minor from accounts where id = any(%s)", (accounts,)
     ).fetchall()
@@ -166,76 +172,39 @@ def _bare_sql_tps(
         r[0]: AccountState(r[0], AccountType.CHECKING, "EUR", AccountStatus.ACTIVE, r[1])
         for r in rows
     }
-    rng = random.Random(3)
+    topics = Topics("bench.posted", "bench.failed", "bench.dlq")
+    now = datetime.now(UTC)
+    size = settings.poster_batch_max
+    work = _uniform(accounts, count, seed=3)
     batches = []
-    for start in range(0, count, batch_max):
-        size = min(batch_max, count - start)
-        instructions = []
-        for _ in range(size):
-            debit, credit = rng.sample(accounts, 2)
-            instructions.append(
-                Instruction(uuid.uuid4(), debit, credit, rng.randint(1, 10_000), "EUR")
-            )
-        result = post_batch(state, instructions)
+    for start in range(0, count, size):
+        fresh = [
+            ConsumedTransfer(t, "bench", 0, start + i)
+            for i, t in enumerate(work[start : start + size])
+        ]
+        result = post_batch(state, [_instruction(c.transfer) for c in fresh])
         state.update(
             {
                 a: AccountState(a, AccountType.CHECKING, "EUR", AccountStatus.ACTIVE, b)
                 for a, b in result.balances.items()
             }
         )
-        batches.append((instructions, result))
+        batches.append(prepare(fresh, result, topics, now))
     started = time.perf_counter()
-    for instructions, result in batches:
-        _write_bare(conn, instructions, result)
+    for batch in batches:
+        with conn.transaction():
+            conn.execute(
+                "select id from accounts where id = any(%s) order by id for update",
+                (sorted(batch.balances),),
+            )
+            write_prepared(conn, batch)
     return count / (time.perf_counter() - started)
 
 
-def _write_bare(
-    conn: psycopg.Connection[Any], instructions: list[Instruction], result: Any
-) -> None:
-    now = datetime.now(UTC)
-    with conn.transaction():
-        ids = sorted(result.balances)
-        conn.execute("select id from accounts where id = any(%s) order by id for update", (ids,))
-        with conn.cursor().copy(
-            "copy transfers (id, source, debit_account_id, credit_account_id, amount_minor, "
-            "currency, status, requested_at, posted_at) from stdin"
-        ) as copy:
-            for i in instructions:
-                copy.write_row(
-                    (
-                        i.transfer_id,
-                        "api",
-                        i.debit_account_id,
-                        i.credit_account_id,
-                        i.amount_minor,
-                        "EUR",
-                        "posted",
-                        now,
-                        now,
-                    )
-                )
-        with conn.cursor().copy(
-            "copy entries (transfer_id, account_id, amount_minor, balance_after_minor, posted_at) "
-            "from stdin"
-        ) as copy:
-            for outcome in result.outcomes:
-                for e in outcome.entries:
-                    copy.write_row(
-                        (e.transfer_id, e.account_id, e.amount_minor, e.balance_after_minor, now)
-                    )
-        conn.execute(
-            "update accounts a set balance_minor = v.b, version = a.version + 1, "
-            "updated_at = now() from unnest(%s::uuid[], %s::bigint[]) as v(id, b) "
-            "where a.id = v.id",
-            (ids, [result.balances[i] for i in ids]),
-        )
-        payload = b'{"bench": true}'
-        conn.execute(
-            "insert into outbox (event_id, topic, key, payload, transfer_id) "
-            "select gen_random_uuid(), 'bench', null, %s, t from unnest(%s::uuid[]) as t",
-            (payload, [i.transfer_id for i in instructions]),
-        )
+def _instruction(t: AcceptedTransfer) -> Instruction:
+    return Instruction(
+        t.transfer_id, t.debit_account_id, t.credit_account_id, t.amount_minor, t.currency
+    )
 
 
 def _clean_up(settings: Settings) -> None:

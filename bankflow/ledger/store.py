@@ -102,12 +102,8 @@ def write_batch(  # noqa: PLR0917 - the batch's parts, each named at every call
         _check_and_lock_offsets(conn, group_id, ranges)
         fresh, duplicates = _new_transfers(conn, transfers)
         result = _decide(conn, fresh)
-        now = datetime.now(UTC)
-        _insert_transfers(conn, fresh, result.outcomes, now)
-        _insert_entries(conn, result, now)
-        _update_balances(conn, result.balances)
+        write_prepared(conn, prepare(fresh, result, topics, datetime.now(UTC)))
         _store_offsets(conn, group_id, ranges)
-        _insert_events(conn, _events(fresh, result.outcomes, topics, now))
         _insert_dead_letters(conn, [_dead_letter_row(d, topics.dlq) for d in dead_letters])
     return _summarise(result.outcomes, duplicates, len(dead_letters))
 
@@ -209,57 +205,48 @@ def _copy_rows(
             copy.write_row(row)
 
 
-def _insert_transfers(
-    conn: psycopg.Connection[Any],
-    fresh: Sequence[ConsumedTransfer],
-    outcomes: Sequence[Outcome],
-    now: datetime,
-) -> None:
-    if fresh:
-        _copy_rows(
-            conn,
-            "transfers",
-            TRANSFER_COLUMNS,
-            (
-                (
-                    t.transfer_id,
-                    t.source.value,
-                    t.debit_account_id,
-                    t.credit_account_id,
-                    t.amount_minor,
-                    t.currency,
-                    outcome.status,
-                    outcome.reason.value if outcome.reason else None,
-                    t.category,
-                    t.tags,
-                    t.description,
-                    t.reference,
-                    t.requested_by,
-                    t.correlation_id,
-                    t.requested_at,
-                    now if outcome.status == "posted" else None,
-                    c.topic,
-                    c.partition,
-                    c.offset,
-                )
-                for c, outcome in zip(fresh, outcomes, strict=True)
-                for t in (c.transfer,)
-            ),
-        )
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """Every row one batch writes, computed before the database is touched."""
+
+    transfers: list[tuple[Any, ...]]
+    entries: list[tuple[Any, ...]]
+    balances: dict[uuid.UUID, int]
+    events: list[OutboxRow]
 
 
-def _insert_entries(conn: psycopg.Connection[Any], result: BatchResult, now: datetime) -> None:
-    entries = [entry for outcome in result.outcomes for entry in outcome.entries]
-    if entries:
-        _copy_rows(
-            conn,
-            "entries",
-            ENTRY_COLUMNS,
-            (
-                (e.transfer_id, e.account_id, e.amount_minor, e.balance_after_minor, now)
-                for e in entries
-            ),
-        )
+def prepare(
+    fresh: Sequence[ConsumedTransfer], result: BatchResult, topics: Topics, now: datetime
+) -> PreparedBatch:
+    transfers = [
+        (t.transfer_id, t.source.value, t.debit_account_id, t.credit_account_id, t.amount_minor,
+         t.currency, outcome.status, outcome.reason.value if outcome.reason else None,
+         t.category, t.tags, t.description, t.reference, t.requested_by, t.correlation_id,
+         t.requested_at, now if outcome.status == "posted" else None,
+         c.topic, c.partition, c.offset)
+        for c, outcome in zip(fresh, result.outcomes, strict=True)
+        for t in (c.transfer,)
+    ]  # fmt: skip
+    entries = [
+        (e.transfer_id, e.account_id, e.amount_minor, e.balance_after_minor, now)
+        for outcome in result.outcomes
+        for e in outcome.entries
+    ]
+    return PreparedBatch(
+        transfers, entries, result.balances, _events(fresh, result.outcomes, topics, now)
+    )
+
+
+def write_prepared(conn: psycopg.Connection[Any], batch: PreparedBatch) -> None:
+    """The ledger writes of one batch, set-based: binary COPY and one UPDATE."""
+    if batch.transfers:
+        _copy_rows(conn, "transfers", TRANSFER_COLUMNS, batch.transfers)
+    if batch.entries:
+        _copy_rows(conn, "entries", ENTRY_COLUMNS, batch.entries)
+    _update_balances(conn, batch.balances)
+    # Events of transfers new to the ledger: their ids cannot exist yet, so COPY them.
+    if batch.events:
+        _copy_rows(conn, "outbox", OUTBOX_COLUMNS, batch.events)
 
 
 def _update_balances(conn: psycopg.Connection[Any], balances: dict[uuid.UUID, int]) -> None:
@@ -353,7 +340,7 @@ def _events(
                 topics.posted if posted else topics.failed,
                 str(t.transfer_id).encode(),
                 payload,
-                Jsonb(headers),
+                Jsonb(headers, dumps=orjson.dumps),
                 t.transfer_id,
             )
         )
@@ -384,15 +371,9 @@ def _dead_letter_row(letter: DeadLetter, dlq_topic: str) -> OutboxRow:
         dlq_topic,
         letter.key,
         letter.value,
-        Jsonb(headers),
+        Jsonb(headers, dumps=orjson.dumps),
         None,
     )
-
-
-def _insert_events(conn: psycopg.Connection[Any], rows: list[OutboxRow]) -> None:
-    """Events of transfers new to the ledger: their ids cannot exist yet, so COPY them."""
-    if rows:
-        _copy_rows(conn, "outbox", OUTBOX_COLUMNS, rows)
 
 
 def _insert_dead_letters(conn: psycopg.Connection[Any], rows: list[OutboxRow]) -> None:
