@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from bankflow.bootstrap import db_connect, kafka_producer
 from bankflow.errors import BankflowError
 from bankflow.settings import Settings
+from schemas.headers import EVENT_ID
 
 log = logging.getLogger("bankflow.relay")
 
@@ -51,7 +52,7 @@ def relay_once(conn: psycopg.Connection[Any], producer: Producer, batch_max: int
     """Publish up to ``batch_max`` unsent rows in id order and mark them sent."""
     with conn.transaction():
         rows = conn.execute(
-            "select id, topic, key, payload, headers from outbox where sent_at is null "
+            "select id, event_id, topic, key, payload, headers from outbox where sent_at is null "
             "order by id limit %s for update",
             (batch_max,),
         ).fetchall()
@@ -63,12 +64,13 @@ def relay_once(conn: psycopg.Connection[Any], producer: Producer, batch_max: int
             if error is not None:
                 errors.append(f"{message.topic()}: {error}")
 
-        for _id, topic, key, payload, headers in rows:
+        for _id, event_id, topic, key, payload, headers in rows:
+            extra = [(k, str(v).encode()) for k, v in (headers or {}).items() if k != EVENT_ID]
             producer.produce(
                 topic,
                 key=key,
                 value=payload,
-                headers=[(k, str(v).encode()) for k, v in headers.items()],
+                headers=[(EVENT_ID, str(event_id).encode()), *extra],
                 on_delivery=delivered,
             )
             producer.poll(0)

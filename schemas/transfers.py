@@ -7,6 +7,7 @@ decimal strings exist only at the edges (API, files, CLI), parsed by
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,6 +20,8 @@ from bankflow.domain.money import AMOUNT_MINOR_MAX
 #: The namespace of every id bankflow derives (transfer ids from idempotency keys,
 #: event ids from transfer ids). Changing it would change every derived id.
 BANKFLOW_NAMESPACE: Final = uuid.UUID("6f1c2b0e-5d3a-4c8e-9a7b-2f4e6d8c0a1b")
+
+_NAMESPACE_BYTES: Final = BANKFLOW_NAMESPACE.bytes
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 AmountMinor = Annotated[int, Field(gt=0, le=AMOUNT_MINOR_MAX, examples=[1250])]
@@ -37,8 +40,15 @@ def transfer_id_for(caller: str, idempotency_key: str) -> uuid.UUID:
 
 
 def event_id_for(transfer_id: uuid.UUID, event_type: str) -> uuid.UUID:
-    """One event id per transfer and kind of event, so a re-published event dedupes."""
-    return uuid.uuid5(BANKFLOW_NAMESPACE, f"event:{event_type}:{transfer_id}")
+    """One event id per transfer and kind of event, so a re-published event dedupes.
+
+    A name-based (version 5, SHA-1) UUID whose name is the event type and the
+    transfer id's 16 bytes; written out rather than through ``uuid.uuid5`` because
+    the poster derives thousands per batch and formatting the name as text cost
+    more than the hash.
+    """
+    name = _NAMESPACE_BYTES + b"event:" + event_type.encode() + b":" + transfer_id.bytes
+    return uuid.UUID(bytes=hashlib.sha1(name).digest()[:16], version=5)  # noqa: S324
 
 
 class _Message(BaseModel):

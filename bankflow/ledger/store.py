@@ -294,7 +294,7 @@ def _store_offsets(
             raise OffsetsMoved(f"another poster stored offsets first for {new}") from exc
 
 
-OutboxRow = tuple[uuid.UUID, str, bytes | None, bytes | None, Jsonb, uuid.UUID | None]
+OutboxRow = tuple[uuid.UUID, str, bytes | None, bytes | None, Jsonb | None, uuid.UUID | None]
 
 
 def _events(
@@ -312,7 +312,12 @@ def _events(
         posted = outcome.status == "posted"
         event_type = "transfer.posted" if posted else "transfer.failed"
         event_id = event_id_for(t.transfer_id, event_type)
-        balances = {e.account_id: e.balance_after_minor for e in outcome.entries}
+        # post_batch writes a posted transfer's entries as (debit, credit).
+        debit_after, credit_after = (
+            (outcome.entries[0].balance_after_minor, outcome.entries[1].balance_after_minor)
+            if posted
+            else (None, None)
+        )
         payload = orjson.dumps(
             {
                 "event_id": event_id,
@@ -324,23 +329,27 @@ def _events(
                 "credit_account_id": t.credit_account_id,
                 "amount_minor": t.amount_minor,
                 "currency": t.currency,
-                "debit_balance_after_minor": balances.get(t.debit_account_id),
-                "credit_balance_after_minor": balances.get(t.credit_account_id),
+                "debit_balance_after_minor": debit_after,
+                "credit_balance_after_minor": credit_after,
                 "occurred_at": occurred_at,
                 "requested_at": t.requested_at,
                 "correlation_id": t.correlation_id,
             }
         )
-        headers = {h.EVENT_ID: str(event_id)}
-        if t.correlation_id:
-            headers[h.CORRELATION_ID] = t.correlation_id
+        # The relay adds the event-id header from the event_id column; only extra
+        # headers are stored.
+        headers = (
+            Jsonb({h.CORRELATION_ID: t.correlation_id}, dumps=orjson.dumps)
+            if t.correlation_id
+            else None
+        )
         rows.append(
             (
                 event_id,
                 topics.posted if posted else topics.failed,
                 str(t.transfer_id).encode(),
                 payload,
-                Jsonb(headers, dumps=orjson.dumps),
+                headers,
                 t.transfer_id,
             )
         )

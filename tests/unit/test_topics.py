@@ -28,3 +28,16 @@ def test_retry_tiers_wait_longer_each_time() -> None:
 def test_an_unknown_retry_tier_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown retry tier '2h'"):
         retry_topic("2h")
+
+
+def test_event_ids_are_stable_distinct_and_version_5() -> None:
+    import uuid
+
+    from schemas.transfers import event_id_for
+
+    transfer = uuid.UUID("11111111-2222-3333-4444-555555555555")
+    posted = event_id_for(transfer, "transfer.posted")
+    assert posted == event_id_for(transfer, "transfer.posted")
+    assert posted != event_id_for(transfer, "transfer.failed")
+    assert posted != event_id_for(uuid.UUID(int=transfer.int + 1), "transfer.posted")
+    assert posted.version == 5

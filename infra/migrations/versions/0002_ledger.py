@@ -150,7 +150,8 @@ create table outbox (
     topic        text not null,
     key          bytea,
     payload      bytea,
-    headers      jsonb not null default '{}',
+    -- Extra Kafka headers; the relay always adds bankflow-event-id from event_id.
+    headers      jsonb,
     transfer_id  uuid,
     created_at   timestamptz not null default now(),
     sent_at      timestamptz
