@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import random
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -43,36 +44,41 @@ ACCOUNTS = 1000
 FUNDING_MINOR = 10**12
 
 
-def run_bench(settings: Settings, transfers: int, echo: Callable[[str], None]) -> dict[str, Any]:
+def run_bench(
+    settings: Settings, transfers: int, echo: Callable[[str], None], rounds: int = 3
+) -> dict[str, Any]:
+    """Interleaved rounds of the three measurements; the figures are their medians.
+
+    Two cores run Kafka, PostgreSQL and the Python side together, and one run swings
+    by 10 % either way with checkpoints and autovacuum; medians of interleaved rounds
+    keep that noise out of the ratios.
+    """
     tag = uuid.uuid4().hex[:8]
-    bench = settings.model_copy(
-        update={
-            "topic_prefix": f"bench-{tag}.",
-            "db_schema": f"bench_{tag}",
-            "poster_group": f"bench-{tag}-poster",
-        }
-    )
+    bench = settings.model_copy(update={
+        "topic_prefix": f"bench-{tag}.", "db_schema": f"bench_{tag}",
+        "poster_group": f"bench-{tag}-poster",
+    })  # fmt: skip
     migrate(bench)
     create_topics(bench, (TRANSFERS_ACCEPTED,))
     tune_gc()  # as `bankflow run poster` does; the baseline runs under it too
+    measured: list[dict[str, float]] = []
     try:
         with db_connect(bench, autocommit=True) as conn:
             accounts = _funded_accounts(conn, bench, echo)
-            echo(f"baseline: {transfers} transfers as bare set-based SQL ...")
-            baseline = _bare_sql_tps(conn, bench, accounts, transfers)
-            _settle(conn)
-            echo(f"  {baseline:,.0f} transfers/s")
-            echo(f"poster: {transfers} transfers through Kafka and the poster ...")
-            uniform = _poster_tps(conn, bench, _uniform(accounts, transfers))
-            _settle(conn)
-            echo(f"  {uniform:,.0f} transfers/s")
-            echo(f"hot: {transfers} transfers all debiting one account ...")
-            hot = _poster_tps(conn, bench, _hot(accounts, transfers))
-            echo(f"  {hot:,.0f} transfers/s")
+            for number in range(1, rounds + 1):
+                measured.append(_round(conn, bench, accounts, transfers))
+                echo(
+                    f"round {number}/{rounds}: "
+                    + ", ".join(f"{k} {v:,.0f}/s" for k, v in measured[-1].items())
+                )
     finally:
         _clean_up(bench)
+    baseline, uniform, hot = (
+        statistics.median(r[k] for r in measured) for k in ("baseline", "poster", "hot")
+    )
     return {
         "transfers": transfers,
+        "rounds": rounds,
         "batch_max": settings.poster_batch_max,
         "partitions": settings.topic_partitions,
         "baseline_tps": round(baseline),
@@ -80,7 +86,20 @@ def run_bench(settings: Settings, transfers: int, echo: Callable[[str], None]) -
         "hot_tps": round(hot),
         "ratio": round(uniform / baseline, 3),
         "hot_ratio": round(hot / uniform, 3),
+        "per_round": [{k: round(v) for k, v in r.items()} for r in measured],
     }
+
+
+def _round(
+    conn: psycopg.Connection[Any], settings: Settings, accounts: list[uuid.UUID], transfers: int
+) -> dict[str, float]:
+    baseline = _bare_sql_tps(conn, settings, accounts, transfers)
+    _settle(conn)
+    uniform = _poster_tps(conn, settings, _uniform(accounts, transfers))
+    _settle(conn)
+    hot = _poster_tps(conn, settings, _hot(accounts, transfers))
+    _settle(conn)
+    return {"baseline": baseline, "poster": uniform, "hot": hot}
 
 
 def _funded_accounts(
