@@ -15,6 +15,7 @@ from bankflow.settings import Settings
 #: until it is told to stop (SIGTERM or SIGINT).
 SERVICES: dict[str, str] = {
     "api": "api.app:serve",
+    "validator": "processors.validator:run",
     "poster": "consumers.poster:run",
     "relay": "consumers.relay:run",
 }

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     #: The currencies the bank holds accounts in; each gets its internal accounts.
     currencies: list[str] = Field(default_factory=lambda: ["EUR", "USD", "GBP", "CHF"])
 
+    #: Tells instances of one service apart (the validator's transactional id); each
+    #: running instance needs its own, and a restarted one should reuse its old one.
+    instance_id: str = Field(default="0", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    validator_group: str = "bankflow-validator"
+    # The validator: one Kafka transaction per batch of this many requests or this long.
+    validator_batch_max: int = Field(default=1000, ge=1, le=50_000)
+    validator_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+
     # The poster: a batch closes at this many messages or after this long.
     poster_group: str = "bankflow-poster"
     poster_batch_max: int = Field(default=2000, ge=1, le=50_000)

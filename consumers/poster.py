@@ -35,6 +35,7 @@ from bankflow.ledger.store import (
     write_batch,
 )
 from bankflow.settings import Settings
+from schemas.errors import describe
 from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_FAILED, TRANSFERS_POSTED
 from schemas.transfers import AcceptedTransfer
 
@@ -214,7 +215,7 @@ class Poster:
                         m.key(),
                         m.value(),
                         "PoisonMessage",
-                        _describe(exc),
+                        describe(exc),
                     )
                 )
                 continue
@@ -256,12 +257,6 @@ def position(message: Message) -> tuple[str, int, int]:
     if topic is None or partition is None or offset is None:
         raise ValueError("a consumed message without topic, partition or offset")
     return topic, partition, offset
-
-
-def _describe(exc: ValidationError) -> str:
-    """A validation error as 'field: reason' pairs, short enough for a header."""
-    parts = [f"{'.'.join(str(x) for x in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()]
-    return "; ".join(parts)[:1000]
 
 
 def tune_gc() -> None:

@@ -96,6 +96,19 @@ class AcceptedTransfer(TransferDetails):
     risk_reasons: list[str] = Field(default_factory=list)
 
 
+class RejectedTransfer(TransferDetails):
+    """On ``transfers.rejected``: a request the validator refused, with every reason."""
+
+    transfer_id: uuid.UUID
+    source: TransferSource
+    debit_account: str
+    credit_account: str
+    amount_minor: AmountMinor
+    currency: Currency
+    reasons: list[str] = Field(min_length=1)
+    decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 TransferEventType = Literal["transfer.posted", "transfer.failed"]
 
 

@@ -157,6 +157,7 @@ def settings(stack: StackEndpoints, test_id: str) -> Settings:
         db_schema=f"test_{test_id}",
         redis_prefix=f"test:{test_id}:",
         poster_group=f"test-{test_id}-poster",
+        validator_group=f"test-{test_id}-validator",
     )
 
 

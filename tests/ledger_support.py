@@ -43,6 +43,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "BANKFLOW_DB_SCHEMA": settings.db_schema,
             "BANKFLOW_REDIS_PREFIX": settings.redis_prefix,
             "BANKFLOW_POSTER_GROUP": settings.poster_group,
+            "BANKFLOW_VALIDATOR_GROUP": settings.validator_group,
+            "BANKFLOW_VALIDATOR_BATCH_MAX": str(settings.validator_batch_max),
+            "BANKFLOW_INSTANCE_ID": settings.instance_id,
             "BANKFLOW_POSTER_BATCH_MAX": str(settings.poster_batch_max),
             "BANKFLOW_POSTER_BATCH_WAIT_MS": str(settings.poster_batch_wait_ms),
         }

@@ -28,6 +28,13 @@ def normalize_iban(text: str) -> str:
 
 
 def looks_like_iban(text: str) -> bool:
-    """Whether ``text`` is written as an IBAN (two letters, two digits), valid or not."""
+    """Whether ``text`` is written as an IBAN (two letters, two digits, then letters and
+    digits only), valid or not. An account id ("ab12cdef-...") is not: it has dashes."""
     compact = text.replace(" ", "")
-    return len(compact) >= 15 and compact[:2].isalpha() and compact[2:4].isdigit()
+    return (
+        15 <= len(compact) <= 34
+        and compact.isascii()
+        and compact.isalnum()
+        and compact[:2].isalpha()
+        and compact[2:4].isdigit()
+    )

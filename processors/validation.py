@@ -1,0 +1,135 @@
+"""Validation of transfer requests: pure functions over the request and account facts.
+
+The validator service loads the accounts a batch names (by id or IBAN) and calls
+``validate`` for each request; everything here is plain data in, a decision out.
+Fraud scoring comes after validation and can only turn an accepted request into
+``review`` or ``rejected``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Literal
+
+from bankflow.domain.errors import InvalidIban
+from bankflow.domain.iban import looks_like_iban, normalize_iban
+from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
+from schemas.transfers import AcceptedTransfer, TransferRequest
+
+
+class RejectReason(StrEnum):
+    """Why a request was refused before it reached the ledger. Stable codes."""
+
+    UNKNOWN_ACCOUNT = "unknown_account"
+    ACCOUNT_FROZEN = "account_frozen"
+    ACCOUNT_CLOSED = "account_closed"
+    NOT_ACCOUNT_OWNER = "not_account_owner"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    SAME_ACCOUNT = "same_account"
+    ABOVE_TRANSFER_LIMIT = "above_transfer_limit"
+    INVALID_IBAN = "invalid_iban"
+    EXTERNAL_NOT_SUPPORTED = "external_not_supported"
+
+
+#: The most one transfer may move, in minor units, by the debit account's type. The
+#: bank's own accounts (cash deposits, settlement) are limited by the staff who use them.
+TRANSFER_LIMIT_MINOR: Final[dict[AccountType, int]] = {
+    AccountType.CHECKING: 5_000_000_00,
+    AccountType.SAVINGS: 1_000_000_00,
+}
+
+#: ``requested_by`` of a customer names the customer: ``customer:<uuid>``. Anything
+#: else is staff or a system (teller, batch, demo) and may debit any account.
+CUSTOMER_PREFIX: Final = "customer:"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFacts:
+    """What validation needs to know about one of our accounts."""
+
+    id: uuid.UUID
+    iban: str
+    customer_id: uuid.UUID
+    type: AccountType
+    currency: str
+    status: AccountStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Literal["accepted", "rejected"]
+    reasons: tuple[RejectReason, ...] = ()
+    accepted: AcceptedTransfer | None = None
+
+
+def account_key(reference: str) -> str:
+    """How an account reference is looked up: an IBAN compacted, an id as written."""
+    return reference.replace(" ", "").upper() if looks_like_iban(reference) else reference.lower()
+
+
+def validate(request: TransferRequest, accounts: Mapping[str, AccountFacts]) -> Decision:
+    """Accept the request (accounts resolved) or reject it with every reason that applies.
+
+    ``accounts`` maps ``account_key`` of every reference the batch named to the
+    account it names; a reference missing from it is not one of ours.
+    """
+    debit = accounts.get(account_key(request.debit_account))
+    credit = accounts.get(account_key(request.credit_account))
+    reasons = _reference_reasons(request, debit, credit)
+    if debit is not None and credit is not None:
+        reasons += _account_reasons(request, debit, credit)
+    if reasons or debit is None or credit is None:
+        return Decision("rejected", tuple(dict.fromkeys(reasons)))
+    accepted = AcceptedTransfer(
+        **request.model_dump(exclude={"debit_account", "credit_account"}),
+        debit_account_id=debit.id,
+        credit_account_id=credit.id,
+    )
+    return Decision("accepted", (), accepted)
+
+
+def _reference_reasons(
+    request: TransferRequest, debit: AccountFacts | None, credit: AccountFacts | None
+) -> list[RejectReason]:
+    reasons = []
+    if debit is None:
+        reasons.append(RejectReason.UNKNOWN_ACCOUNT)
+    if credit is None:
+        if looks_like_iban(request.credit_account):
+            # Not one of ours: an external transfer (not built yet), or a mistyped IBAN.
+            try:
+                normalize_iban(request.credit_account)
+                reasons.append(RejectReason.EXTERNAL_NOT_SUPPORTED)
+            except InvalidIban:
+                reasons.append(RejectReason.INVALID_IBAN)
+        else:
+            reasons.append(RejectReason.UNKNOWN_ACCOUNT)
+    return reasons
+
+
+def _account_reasons(
+    request: TransferRequest, debit: AccountFacts, credit: AccountFacts
+) -> list[RejectReason]:
+    reasons = []
+    if debit.id == credit.id:
+        reasons.append(RejectReason.SAME_ACCOUNT)
+    for account in (debit, credit):
+        if account.status is AccountStatus.CLOSED:
+            reasons.append(RejectReason.ACCOUNT_CLOSED)
+        elif account.status is AccountStatus.FROZEN:
+            reasons.append(RejectReason.ACCOUNT_FROZEN)
+    if not request.currency == debit.currency == credit.currency:
+        reasons.append(RejectReason.CURRENCY_MISMATCH)
+    requester = request.requested_by or ""
+    if requester.startswith(CUSTOMER_PREFIX) and (
+        requester.removeprefix(CUSTOMER_PREFIX) != str(debit.customer_id)
+        or debit.type in INTERNAL_TYPES
+    ):
+        reasons.append(RejectReason.NOT_ACCOUNT_OWNER)
+    limit = TRANSFER_LIMIT_MINOR.get(debit.type)
+    if limit is not None and request.amount_minor > limit:
+        reasons.append(RejectReason.ABOVE_TRANSFER_LIMIT)
+    return reasons
