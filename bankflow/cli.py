@@ -377,13 +377,14 @@ def run(
     demo: Annotated[bool, typer.Option(help="With `all`: also feed demo traffic.")] = False,
 ) -> None:
     """Run one service in the foreground, or `all` of them (Ctrl-C stops them)."""
-    from bankflow.services import SERVICES, entry_point, run_all
+    from bankflow.services import DEMO, SERVICES, entry_point, run_all
 
     settings = _settings()
     if service == "all":
         raise typer.Exit(run_all(settings, console.print, demo=demo))
-    if service not in SERVICES:
-        console.print(f"[red]unknown service {service!r}[/red]; known: all, {', '.join(SERVICES)}")
+    if service not in SERVICES and service not in DEMO:
+        known = ", ".join(["all", *SERVICES, *DEMO])
+        console.print(f"[red]unknown service {service!r}[/red]; known: {known}")
         raise typer.Exit(2)
     entry_point(service)(settings)
 

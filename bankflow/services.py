@@ -20,26 +20,29 @@ SERVICES: dict[str, str] = {
     "relay": "consumers.relay:run",
 }
 
+#: Not a service of the bank: ``run all --demo`` adds it to feed demo traffic.
+DEMO = {"demo": "producers.demo:run"}
+
 #: How long ``run all`` gives its services to stop after Ctrl-C before killing them.
 STOP_GRACE_S = 20
 
 
 def entry_point(name: str) -> Callable[[Settings], None]:
-    module_name, function = SERVICES[name].split(":")
+    module_name, function = {**SERVICES, **DEMO}[name].split(":")
     entry: Callable[[Settings], None] = getattr(importlib.import_module(module_name), function)
     return entry
 
 
 def run_all(settings: Settings, echo: Callable[[str], None], demo: bool = False) -> int:
     """Start every service as its own process; Ctrl-C stops them all cleanly."""
-    if demo:
-        echo("demo traffic needs the ledger's accounts and is not built yet; running services only")
+    names = [*SERVICES, *(DEMO if demo else ())]
     processes = {
         name: subprocess.Popen([sys.executable, "-m", "bankflow.cli", "run", name])
-        for name in SERVICES
+        for name in names
     }
     echo(f"started {', '.join(f'{n} (pid {p.pid})' for n, p in processes.items())}")
-    echo(f"API: http://127.0.0.1:{settings.api_port}/docs   ready: /readyz   Ctrl-C stops all")
+    echo(f"API: http://127.0.0.1:{settings.api_port}/docs   ready: /readyz")
+    echo("ledger: `bankflow accounts list`, `bankflow verify`   Ctrl-C stops everything")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     exit_code = 0
     try:

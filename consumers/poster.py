@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.errors import BankflowError
 from bankflow.ledger.errors import OffsetsMoved
 from bankflow.ledger.store import (
     BatchSummary,
@@ -47,6 +48,15 @@ DB_BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30)
 #: librdkafka's session timeout: a poster that stops heartbeating loses its partitions
 #: after this long. Shorter than Kafka's 45 s so a dead poster is replaced quickly.
 SESSION_TIMEOUT_MS = 10_000
+
+
+#: Single messages the database may refuse in a row before the poster halts (see
+#: ``_dead_letter_refused``). Real poison is rare and scattered; ten in a row is not.
+REFUSED_IN_A_ROW_MAX = 10
+
+
+class PosterHalted(BankflowError):
+    """The poster stopped on purpose: continuing would dead-letter good messages."""
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Poster:
         self.expected: dict[TopicPartitionKey, int | None] = {}
         self.stats = PosterStats()
         self.stopping = False
+        self.refused_in_a_row = 0
 
     def subscribe(self) -> None:
         self.consumer.subscribe(
@@ -177,9 +188,23 @@ class Poster:
             return
         self._advance(ranges)
         self.stats.add(summary)
+        self.refused_in_a_row = 0
 
     def _dead_letter_refused(self, message: Message, exc: Exception) -> None:
-        """One message the database refuses on its own goes to the dead-letter topic."""
+        """One message the database refuses on its own goes to the dead-letter topic.
+
+        Many in a row, with nothing posted between them, is not bad input but a broken
+        database or deployment (a migration missing, a constraint added): the poster
+        halts instead of dead-lettering the whole stream.
+        """
+        self.refused_in_a_row += 1
+        if self.refused_in_a_row > REFUSED_IN_A_ROW_MAX:
+            raise PosterHalted(
+                f"the database refused {REFUSED_IN_A_ROW_MAX} messages in a row, the last "
+                f"with {type(exc).__name__}: {exc}. This looks like a schema or deployment "
+                "problem, not bad messages; stopping. The ones already dead-lettered can be "
+                "replayed once it is fixed."
+            )
         topic, partition, offset = position(message)
         letter = DeadLetter(
             topic,

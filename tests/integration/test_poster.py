@@ -166,3 +166,29 @@ def test_kafka_group_offsets_follow_the_stored_ones_for_tools(
     finally:
         consumer.close()
     assert {(c.topic, c.partition): c.offset for c in committed} == stored
+
+
+def test_a_database_that_refuses_everything_halts_the_poster_instead_of_dead_lettering_all(
+    settings: Settings, topics, db
+) -> None:
+    from consumers.poster import REFUSED_IN_A_ROW_MAX, PosterHalted, build
+
+    topics()
+    a, b = open_test_accounts(db, settings, 2)
+    # A broken deployment: a constraint that no new transfer can meet.
+    db.execute("alter table transfers add constraint broken check (amount_minor < 0) not valid")
+    produce_accepted(
+        settings, [accepted(a, b, 1) for _ in range(3 * REFUSED_IN_A_ROW_MAX)], partition=0
+    )
+    poster = build(settings)
+    poster.subscribe()
+    try:
+        with pytest.raises(PosterHalted, match="schema or deployment problem"):
+            for _ in range(100):  # bounded
+                poster.poll_and_post()
+    finally:
+        poster.consumer.close()
+        poster.conn.close()
+    assert poster.stats.dead_letters == REFUSED_IN_A_ROW_MAX
+    stored = db.execute("select next_offset from consumer_offsets").fetchone()[0]
+    assert stored == REFUSED_IN_A_ROW_MAX  # the rest wait for the fix, not in the DLQ
