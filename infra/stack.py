@@ -650,14 +650,25 @@ class LocalStack:
             return "(no log)"
 
 
+#: Redis rewrites its command line (its process title) while it starts; a read in
+#: that instant finds it empty. Re-read a few times before believing it.
+CMDLINE_READS_MAX = 5
+
+
 def _process_alive(pid: int, marker: str) -> bool:
     """True when ``pid`` runs and its command line holds ``marker`` (a recycled pid does not)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and marker in cmdline
+    for _ in range(CMDLINE_READS_MAX):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            return False
+        if state == "Z":
+            return False
+        if raw:
+            return marker in raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.05)
+    return False
 
 
 def _debian_initdbs() -> list[Path]:
