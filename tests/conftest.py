@@ -163,15 +163,21 @@ def settings(stack: StackEndpoints, test_id: str) -> Settings:
 
 @pytest.fixture
 def topics(settings: Settings) -> Iterator[Callable[..., list[str]]]:
-    """Factory: create topics under this test's prefix (all of bankflow's by default)."""
+    """Factory: create topics under this test's prefix (all of bankflow's by default).
+
+    ``partitions`` overrides the test settings' partition count for these topics.
+    """
     from bankflow.bootstrap import kafka_admin
     from infra.topics import create_topics
     from schemas.topics import ALL_TOPICS
 
     made: list[str] = []
 
-    def make(*names: str) -> list[str]:
-        infos = create_topics(settings, names or ALL_TOPICS)
+    def make(*names: str, partitions: int | None = None) -> list[str]:
+        chosen = settings.model_copy(
+            update={"topic_partitions": partitions or settings.topic_partitions}
+        )
+        infos = create_topics(chosen, names or ALL_TOPICS)
         made.extend(info.name for info in infos)
         return [info.name for info in infos]
 

@@ -74,6 +74,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     assert_ledger_matches(db, settings, work)
 
 
+def read_partitions(settings: Settings) -> list[int]:
+    from bankflow.bootstrap import kafka_admin
+    from schemas.topics import TRANSFERS_ACCEPTED
+
+    topic = settings.topic(TRANSFERS_ACCEPTED)
+    return list(kafka_admin(settings).list_topics(topic, timeout=10).topics[topic].partitions)
+
+
 def in_transaction(db, pid: int) -> bool:
     row = db.execute(
         "select count(*) from pg_stat_activity where application_name = %s "
@@ -94,7 +102,8 @@ def test_a_zombie_poster_resumed_mid_batch_changes_nothing(
     two then writes second finds the offsets moved and must commit nothing.
     """
     settings = small_batches(settings).model_copy(update={"topic_partitions": 2})
-    topics()
+    topics(partitions=2)
+    assert len(read_partitions(settings)) == 2
     cash = find_internal_account(db, "cash", "EUR")
     assert cash is not None
     halves = [
