@@ -127,6 +127,29 @@ def test_poison_goes_to_the_dead_letter_topic_and_the_poster_goes_on(
     ).fetchone()
     assert status == ("failed", "insufficient_funds")
 
+    # The relay publishes them to the dead-letter topic, bytes and reasons intact.
+    from bankflow.bootstrap import kafka_producer
+    from consumers.relay import relay_once
+
+    assert relay_once(db, kafka_producer(settings), batch_max=100) == 4
+    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}dlq-reader")
+    dlq = settings.topic(TRANSFERS_DLQ)
+    consumer.assign([TopicPartition(dlq, p, 0) for p in range(settings.topic_partitions)])
+    letters = []
+    try:
+        for _ in range(20):  # bounded: ten seconds
+            letters += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+            if len(letters) >= len(poison):
+                break
+    finally:
+        consumer.close()
+    assert sorted(m.value() for m in letters) == sorted(p[1] for p in poison)
+    for m in letters:
+        headers = {k: v.decode() for k, v in m.headers()}
+        assert headers[h.ERROR_CLASS] == "PoisonMessage"
+        assert headers[h.ORIGINAL_TOPIC] == settings.topic(TRANSFERS_ACCEPTED)
+        assert h.EVENT_ID in headers
+
 
 def test_a_batch_whose_stored_offsets_moved_writes_nothing(settings: Settings, topics, db) -> None:
     a, b = open_test_accounts(db, settings, 2)
