@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -302,6 +304,61 @@ def deposit(
     )
     publish_requests(kafka_producer(settings), settings.topic(TRANSFERS_REQUESTED), [request])
     console.print(f"deposit {request.transfer_id} requested: {amount} {currency} to {credit.iban}")
+
+
+@app.command("ingest")
+def ingest_file(
+    path: Annotated[Path, typer.Argument(help="A CSV, JSON Lines or pain.001 file.")],
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="csv, jsonl or pain001; detected from the content if not given."
+        ),
+    ] = None,
+    debtor_account: Annotated[
+        str | None,
+        typer.Option(help="Debit this account (id or IBAN) instead of the file's debtor."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Turn every transaction of a file into a transfer request; report bad lines."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from producers.ingest.run import FORMATS, ingest
+
+    if file_format is not None and file_format not in FORMATS:
+        console.print(f"[red]--format must be one of {', '.join(FORMATS)}[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    show = not as_json and console.is_terminal
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+    ) as bar:
+        task = bar.add_task(f"ingesting {path.name}", total=None)
+        started = time.monotonic()
+
+        def progress(lines: int) -> None:
+            rate = lines / max(time.monotonic() - started, 1e-6)
+            bar.update(task, description=f"{path.name}: {lines:,} lines, {rate:,.0f} lines/s")
+
+        report = ingest(settings, path, file_format, debtor_account, progress)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        console.print(
+            f"{path}: {report.lines_read} lines read, {report.requests_produced} "
+            f"requests produced, {report.error_count} lines rejected"
+        )
+        for error in report.errors:
+            console.print(f"  line {error.line}: {error.field}: {error.reason}", highlight=False)
+        if report.refused:
+            console.print(f"[red]file refused:[/red] {report.refused}", highlight=False)
+    if report.refused:
+        raise typer.Exit(1)
 
 
 @app.command("verify")

@@ -1,0 +1,242 @@
+"""``bankflow ingest``: one file into transfer requests on ``transfers.requested``.
+
+The file is streamed (never whole in memory). Every transaction becomes a
+request whose id derives from the file's SHA-256 and the transaction's key (its
+line, or its pain.001 payment block and EndToEndId), so ingesting the same file
+twice, or again after a crash, makes no duplicate transfer: the ledger skips an
+id it already holds. A bad line is reported with its number, field and reason;
+the good lines go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import psycopg
+from pydantic import ValidationError
+
+from bankflow.bootstrap import db_connect, kafka_producer
+from bankflow.domain.errors import DomainError
+from bankflow.domain.iban import looks_like_iban
+from bankflow.domain.money import parse_amount
+from bankflow.domain.posting import INTERNAL_TYPES
+from bankflow.settings import Settings
+from producers.ingest.pain001 import check_totals, parse_pain001
+from producers.ingest.records import BatchLine, FileRefused, LineError
+from producers.ingest.tabular import parse_csv, parse_jsonl
+from producers.intake import publish_requests
+from schemas.errors import describe
+from schemas.topics import TRANSFERS_REQUESTED
+from schemas.transfers import TransferRequest, TransferSource, transfer_id_for
+
+Format = Literal["csv", "jsonl", "pain001"]
+FORMATS: tuple[Format, ...] = ("csv", "jsonl", "pain001")
+#: Requests per acknowledged produce round: large enough to stream, small enough that
+#: a crash leaves little to redo (and redoing is harmless: ids are derived).
+CHUNK = 5_000
+#: Bytes read to guess a file's format.
+SNIFF_BYTES = 4096
+#: Errors listed in a report; the count is always the full number.
+ERRORS_LISTED_MAX = 1_000
+
+
+@dataclass
+class IngestReport:
+    file: str
+    format: str = ""
+    sha256: str = ""
+    lines_read: int = 0
+    requests_produced: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    error_count: int = 0
+    refused: str | None = None
+
+    def add_error(self, error: LineError) -> None:
+        self.error_count += 1
+        if len(self.errors) < ERRORS_LISTED_MAX:
+            self.errors.append(error)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "format": self.format, "sha256": self.sha256,
+            "lines_read": self.lines_read, "requests_produced": self.requests_produced,
+            "lines_rejected": self.error_count, "refused": self.refused,
+            "errors": [e.as_dict() for e in self.errors],
+        }  # fmt: skip
+
+
+def detect_format(path: Path) -> Format:
+    """pain001 for XML, jsonl for a file of JSON objects, csv otherwise."""
+    with path.open("rb") as stream:
+        head = stream.read(SNIFF_BYTES).lstrip(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"<"):
+        return "pain001"
+    if head.startswith(b"{"):
+        return "jsonl"
+    return "csv"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class DebitResolver:
+    """Finds our accounts by id or IBAN (cached) and keeps a file to one customer."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.cache: dict[str, tuple[uuid.UUID, uuid.UUID, str] | None] = {}
+        self.customer: uuid.UUID | None = None
+
+    def lookup(self, reference: str) -> tuple[uuid.UUID, uuid.UUID, str] | None:
+        key = reference.replace(" ", "").upper() if looks_like_iban(reference) else reference
+        if key not in self.cache:
+            column = "iban" if looks_like_iban(reference) else "id::text"
+            row = self.conn.execute(
+                f"select id, customer_id, type from accounts where {column} = %s",  # noqa: S608
+                (key.lower() if column == "id::text" else key,),
+            ).fetchone()
+            self.cache[key] = (row[0], row[1], row[2]) if row else None
+        return self.cache[key]
+
+    def debit(self, line: BatchLine) -> tuple[uuid.UUID, uuid.UUID] | LineError:
+        if not line.debit_account:
+            return LineError(line.line, "debit_account", "missing (give --debtor-account)")
+        found = self.lookup(line.debit_account)
+        if found is None:
+            return LineError(
+                line.line, "debit_account", f"{line.debit_account} is not an account of this bank"
+            )
+        account_id, customer_id, account_type = found
+        if account_type in INTERNAL_TYPES:
+            return LineError(
+                line.line, "debit_account", "a file may not debit the bank's own accounts"
+            )
+        if self.customer is None:
+            self.customer = customer_id
+        elif customer_id != self.customer:
+            return LineError(
+                line.line,
+                "debit_account",
+                "a file may only debit the accounts "
+                "of one customer (the one its first good line debits)",
+            )
+        return account_id, customer_id
+
+
+def to_request(
+    line: BatchLine, digest: str, resolver: DebitResolver, debtor_account: str | None
+) -> TransferRequest | LineError:
+    if debtor_account:
+        line = _with_debtor(line, debtor_account)
+    debit = resolver.debit(line)
+    if isinstance(debit, LineError):
+        return debit
+    account_id, customer_id = debit
+    try:
+        amount_minor = parse_amount(line.amount, line.currency)
+    except DomainError as exc:
+        field_name = "currency" if "currency" in str(exc) else "amount"
+        return LineError(line.line, field_name, str(exc))
+    try:
+        return TransferRequest(
+            transfer_id=transfer_id_for(f"file:{digest}", line.key), source=TransferSource.BATCH,
+            debit_account=str(account_id), credit_account=line.credit_account,
+            amount_minor=amount_minor, currency=line.currency, description=line.description,
+            category=line.category, tags=line.tags, reference=line.reference,
+            requested_by=f"customer:{customer_id}",
+        )  # fmt: skip
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return LineError(line.line, ".".join(str(x) for x in first["loc"]), describe(exc))
+
+
+def _with_debtor(line: BatchLine, debtor_account: str) -> BatchLine:
+    return BatchLine(
+        line.line,
+        line.key,
+        debtor_account,
+        line.credit_account,
+        line.amount,
+        line.currency,
+        line.description,
+        line.category,
+        line.tags,
+        line.reference,
+    )
+
+
+def _parse(stream: BinaryIO, fmt: Format) -> Iterator[BatchLine | LineError]:
+    if fmt == "pain001":
+        check_totals(stream)  # a mismatch refuses the file before anything is produced
+        yield from parse_pain001(stream)
+    elif fmt == "jsonl":
+        yield from parse_jsonl(stream)
+    else:
+        yield from parse_csv(stream)
+
+
+def ingest(
+    settings: Settings,
+    path: Path,
+    fmt: Format | None = None,
+    debtor_account: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Ingest one file; a refused file is reported with ``refused`` and produces nothing."""
+    report = IngestReport(str(path))
+    try:
+        report.format = fmt or detect_format(path)
+        report.sha256 = file_digest(path)
+    except OSError as exc:
+        report.refused = f"cannot read {path}: {exc.strerror}"
+        return report
+    producer = kafka_producer(settings)
+    topic = settings.topic(TRANSFERS_REQUESTED)
+    chunk: list[TransferRequest] = []
+    with path.open("rb") as stream, db_connect(settings, autocommit=True) as conn:
+        resolver = DebitResolver(conn)
+        try:
+            for item in _parse(stream, report.format):
+                report.lines_read += 1
+                outcome = (
+                    item
+                    if isinstance(item, LineError)
+                    else to_request(item, report.sha256, resolver, debtor_account)
+                )
+                if isinstance(outcome, LineError):
+                    report.add_error(outcome)
+                    continue
+                chunk.append(outcome)
+                if len(chunk) >= CHUNK:
+                    _send(producer, topic, chunk, report, progress)
+        except FileRefused as exc:
+            report.refused = str(exc)
+            return report
+        _send(producer, topic, chunk, report, progress)
+    return report
+
+
+def _send(
+    producer: Any,
+    topic: str,
+    chunk: list[TransferRequest],
+    report: IngestReport,
+    progress: Callable[[int], None] | None,
+) -> None:
+    if not chunk:
+        return
+    publish_requests(producer, topic, chunk)
+    report.requests_produced += len(chunk)
+    chunk.clear()
+    if progress is not None:
+        progress(report.lines_read)
