@@ -1,0 +1,157 @@
+"""`bankflow ingest` against the real stack: files to requests to the ledger, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from bankflow.bootstrap import kafka_consumer
+from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
+from bankflow.settings import Settings
+from producers.ingest.run import ingest
+from schemas.topics import TRANSFERS_REQUESTED
+from schemas.transfers import TransferRequest
+from tests.integration.test_validator import produce_requests, run_validator_until, transfer_request
+from tests.ledger_support import drain_in_process, transfer_count
+
+pytestmark = pytest.mark.timeout(300)
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "iso20022"
+
+
+def requested(settings: Settings, expected: int) -> list[TransferRequest]:
+    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}reader")
+    topic = settings.topic(TRANSFERS_REQUESTED)
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topic_partitions)])
+    found: list[TransferRequest] = []
+    try:
+        for _ in range(40):  # bounded: 20 seconds
+            batch = consumer.consume(1000, timeout=0.5)
+            found += [
+                TransferRequest.model_validate_json(m.value()) for m in batch if m.error() is None
+            ]
+            if len(found) >= expected and not batch:
+                break
+    finally:
+        consumer.close()
+    return found
+
+
+def test_each_sample_pain001_becomes_one_request_per_transaction(
+    settings: Settings, topics, db
+) -> None:
+    topics(TRANSFERS_REQUESTED)
+    customer = create_customer(db, "Muster AG")
+    for iban, currency in (("CH5481230000001998736", "CHF"), ("DE87200500001234567890", "EUR")):
+        open_account(
+            db,
+            settings,
+            customer_id=customer,
+            account_type="checking",
+            currency=currency,
+            iban=iban,
+        )
+    expected = []
+    for sample in sorted(SAMPLES.glob("*.xml")):
+        report = ingest(settings, sample)
+        assert report.refused is None and report.errors == [], report.as_dict()
+        assert report.format == "pain001"
+        expected += [report.requests_produced]
+    found = requested(settings, sum(expected))
+    assert sorted((r.amount_minor, r.currency) for r in found) == sorted(
+        [(394_975, "CHF"), (847_925, "CHF"), (342_100, "EUR")]
+        + [(654_314, "EUR"), (11_272, "EUR")] * 3
+    )
+    assert all(r.source == "batch" and r.requested_by == f"customer:{customer}" for r in found)
+    assert len({r.transfer_id for r in found}) == len(found)
+
+
+def test_a_csv_with_bad_lines_posts_the_good_ones_once_even_ingested_twice(
+    settings: Settings, topics, db, tmp_path: Path
+) -> None:
+    topics()
+    customer = create_customer(db, "Jane Doe")
+    payer = open_account(
+        db, settings, customer_id=customer, account_type="checking", currency="EUR"
+    )
+    payee = open_account(
+        db,
+        settings,
+        customer_id=create_customer(db, "Shop"),
+        account_type="checking",
+        currency="EUR",
+    )
+    cash = find_internal_account(db, "cash", "EUR")
+    produce_requests(settings, [transfer_request(cash.id, payer.id, 100_000)])
+    run_validator_until(settings, 1)
+    drain_in_process(settings, 1)
+
+    csv = tmp_path / "payments.csv"
+    csv.write_bytes(
+        b"debit_account,credit_account,amount,currency,description,category,tags,reference\n"
+        + f"{payer.iban},{payee.iban},12.50,EUR,coffee,food,daily;small,R1\n".encode()
+        + f"{payer.id},{payee.iban},12.505,EUR,bad amount,,,\n".encode()
+        + f"{payer.id},{payee.iban},10.00,XYZ,unknown currency,,,\n".encode()
+        + f"{payer.id},,10.00,EUR,missing credit,,,\n".encode()
+        + f"{payer.id},{payee.iban},10.00,EUR,x,y,z,w,too many\n".encode()
+        + f"{payer.id},{payee.iban},10.00,EUR,caf".encode()
+        + b"\xe9\n"
+        + f"{cash.id},{payee.iban},10.00,EUR,bank's own,,,\n".encode()
+        + f'{payer.id},{payee.id},"1,000.00",EUR,comma,,,\n'.encode()
+        + f"{payer.id},{payee.id},30.00,EUR,rent,,,\n".encode()
+    )
+    first = ingest(settings, csv)
+    second = ingest(settings, csv)
+    assert first.refused is None
+    assert [(e.line, e.field) for e in first.errors] == [
+        (3, "amount"),
+        (4, "currency"),
+        (5, "credit_account"),
+        (6, "line"),
+        (7, "line"),
+        (8, "debit_account"),
+        (9, "amount"),
+    ]
+    assert first.requests_produced == second.requests_produced == 2
+
+    run_validator_until(settings, 4)
+    drain_in_process(settings, 3)
+    assert transfer_count(db) == 3  # the deposit and the two good lines, once each
+    balance = db.execute(
+        "select balance_minor from accounts where id = %s", (payee.id,)
+    ).fetchone()[0]
+    assert balance == 1_250 + 3_000
+
+
+def test_the_cli_reports_in_json_and_exits_non_zero_for_a_refused_file(
+    settings: Settings, topics, db, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import TESTS_DIR
+    from tests.ledger_support import settings_env
+
+    topics(TRANSFERS_REQUESTED)
+    bad = tmp_path / "bad-ctrlsum.xml"
+    bad.write_bytes(
+        (SAMPLES / "pain.001.001.03.ch.02.xml")
+        .read_bytes()
+        .replace(b"<CtrlSum>15850.00</CtrlSum>", b"<CtrlSum>1.00</CtrlSum>")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bankflow.cli", "ingest", str(bad), "--json"],
+        env=settings_env(settings),
+        cwd=TESTS_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["requests_produced"] == 0
+    assert "CtrlSum of the group header says 1.00" in report["refused"]
+    assert requested(settings, 0) == []
