@@ -419,10 +419,29 @@ def bench_poster(
     Console().print(table)
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    lines: Annotated[int, typer.Option(help="Lines of the generated CSV.")] = 1_000_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ingest lines per second next to a bare producer, and the ingest's peak memory."""
+    from bench.ingest import run_bench
+
+    result = run_bench(_settings(), lines, echo=console.print)
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("measure", "value")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
 @bench_app.command("all")
 def bench_all(as_json: JsonFlag = False) -> None:
     """Every benchmark with its defaults."""
     bench_poster(transfers=100_000, rounds=3, as_json=as_json)
+    bench_ingest(lines=1_000_000, as_json=as_json)
 
 
 # --------------------------------------------------------------------- run

@@ -14,6 +14,7 @@ import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -32,7 +33,7 @@ from producers.ingest.tabular import parse_csv, parse_jsonl
 from producers.intake import publish_requests
 from schemas.errors import describe
 from schemas.topics import TRANSFERS_REQUESTED
-from schemas.transfers import TransferRequest, TransferSource, transfer_id_for
+from schemas.transfers import TransferIds, TransferRequest, TransferSource
 
 Format = Literal["csv", "jsonl", "pain001"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl", "pain001")
@@ -108,7 +109,8 @@ class DebitResolver:
             self.cache[key] = (row[0], row[1], row[2]) if row else None
         return self.cache[key]
 
-    def debit(self, line: BatchLine) -> tuple[uuid.UUID, uuid.UUID] | LineError:
+    def debit(self, line: BatchLine) -> tuple[str, str] | LineError:
+        """The debit account's id and the requester (``customer:<id>``), as text."""
         if not line.debit_account:
             return LineError(line.line, "debit_account", "missing (give --debtor-account)")
         found = self.lookup(line.debit_account)
@@ -130,11 +132,15 @@ class DebitResolver:
                 "a file may only debit the accounts "
                 "of one customer (the one its first good line debits)",
             )
-        return account_id, customer_id
+        return str(account_id), f"customer:{customer_id}"
 
 
 def to_request(
-    line: BatchLine, digest: str, resolver: DebitResolver, debtor_account: str | None
+    line: BatchLine,
+    ids: TransferIds,
+    resolver: DebitResolver,
+    debtor_account: str | None,
+    requested_at: datetime,
 ) -> TransferRequest | LineError:
     if debtor_account:
         line = _with_debtor(line, debtor_account)
@@ -149,11 +155,11 @@ def to_request(
         return LineError(line.line, field_name, str(exc))
     try:
         return TransferRequest(
-            transfer_id=transfer_id_for(f"file:{digest}", line.key), source=TransferSource.BATCH,
-            debit_account=str(account_id), credit_account=line.credit_account,
+            transfer_id=ids(line.key), source=TransferSource.BATCH,
+            debit_account=account_id, credit_account=line.credit_account,
             amount_minor=amount_minor, currency=line.currency, description=line.description,
             category=line.category, tags=line.tags, reference=line.reference,
-            requested_by=f"customer:{customer_id}",
+            requested_by=customer_id, requested_at=requested_at,
         )  # fmt: skip
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -205,13 +211,16 @@ def ingest(
     chunk: list[TransferRequest] = []
     with path.open("rb") as stream, db_connect(settings, autocommit=True) as conn:
         resolver = DebitResolver(conn)
+        ids = TransferIds(f"file:{report.sha256}")
+        # One time for the whole file: it was requested when it was handed in.
+        requested_at = datetime.now(UTC)
         try:
             for item in _parse(stream, report.format):
                 report.lines_read += 1
                 outcome = (
                     item
                     if isinstance(item, LineError)
-                    else to_request(item, report.sha256, resolver, debtor_account)
+                    else to_request(item, ids, resolver, debtor_account, requested_at)
                 )
                 if isinstance(outcome, LineError):
                     report.add_error(outcome)

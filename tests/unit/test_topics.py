@@ -41,3 +41,11 @@ def test_event_ids_are_stable_distinct_and_version_5() -> None:
     assert posted != event_id_for(transfer, "transfer.failed")
     assert posted != event_id_for(uuid.UUID(int=transfer.int + 1), "transfer.posted")
     assert posted.version == 5
+
+
+def test_transfer_ids_for_many_keys_equal_the_one_at_a_time_derivation() -> None:
+    from schemas.transfers import TransferIds, transfer_id_for
+
+    ids = TransferIds("file:abc")
+    for key in ("line:1", "line:2", "pmtinf:P1/e2e:E1", "ünïcode"):
+        assert ids(key) == transfer_id_for("file:abc", key)
