@@ -23,23 +23,27 @@ class NotAcknowledged(BankflowError):
 
 def publish_requests(producer: Producer, topic: str, requests: list[TransferRequest]) -> None:
     """Produce every request keyed by its debit account, and wait for all acknowledgements."""
+    publish(
+        producer,
+        topic,
+        [(r.debit_account.encode(), r.model_dump_json().encode()) for r in requests],
+    )
+
+
+def publish(producer: Producer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    """Produce serialised requests (key, value) and wait until the broker acknowledged all."""
     errors: list[str] = []
 
     def delivered(error: KafkaError | None, _message: Message) -> None:
         if error is not None:
             errors.append(str(error))
 
-    for request in requests:
-        producer.produce(
-            topic,
-            key=request.debit_account.encode(),
-            value=request.model_dump_json().encode(),
-            on_delivery=delivered,
-        )
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value, on_delivery=delivered)
         producer.poll(0)
     remaining = producer.flush(ACK_TIMEOUT_S)
     if errors or remaining:
         raise NotAcknowledged(
-            f"{len(errors) + remaining} of {len(requests)} transfer requests were not "
+            f"{len(errors) + remaining} of {len(messages)} transfer requests were not "
             f"acknowledged by Kafka: {errors[:3] or 'timed out'}"
         )

@@ -23,9 +23,17 @@ BANKFLOW_NAMESPACE: Final = uuid.UUID("6f1c2b0e-5d3a-4c8e-9a7b-2f4e6d8c0a1b")
 
 _NAMESPACE_BYTES: Final = BANKFLOW_NAMESPACE.bytes
 
+#: Limits of the free-text fields, shared with code that checks them without pydantic.
+DESCRIPTION_MAX: Final = 500
+CATEGORY_MAX: Final = 64
+TAGS_MAX: Final = 20
+TAG_LENGTH_MAX: Final = 32
+REFERENCE_MAX: Final = 140
+ACCOUNT_REFERENCE_MAX: Final = 64
+
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 AmountMinor = Annotated[int, Field(gt=0, le=AMOUNT_MINOR_MAX, examples=[1250])]
-Tag = Annotated[str, Field(min_length=1, max_length=32)]
+Tag = Annotated[str, Field(min_length=1, max_length=TAG_LENGTH_MAX)]
 
 
 class TransferSource(StrEnum):
@@ -78,10 +86,10 @@ class _Message(BaseModel):
 class TransferDetails(_Message):
     """What every stage carries along about a transfer, beyond its money."""
 
-    description: str = Field(default="", max_length=500)
-    category: str | None = Field(default=None, max_length=64)
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
-    reference: str | None = Field(default=None, max_length=140)
+    description: str = Field(default="", max_length=DESCRIPTION_MAX)
+    category: str | None = Field(default=None, max_length=CATEGORY_MAX)
+    tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
+    reference: str | None = Field(default=None, max_length=REFERENCE_MAX)
     requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     requested_by: str | None = Field(default=None, max_length=128)
     correlation_id: str | None = Field(default=None, max_length=128)
@@ -95,8 +103,8 @@ class TransferRequest(TransferDetails):
 
     transfer_id: uuid.UUID
     source: TransferSource
-    debit_account: str = Field(min_length=1, max_length=64)
-    credit_account: str = Field(min_length=1, max_length=64)
+    debit_account: str = Field(min_length=1, max_length=ACCOUNT_REFERENCE_MAX)
+    credit_account: str = Field(min_length=1, max_length=ACCOUNT_REFERENCE_MAX)
     amount_minor: AmountMinor
     currency: Currency
 
