@@ -345,7 +345,7 @@ def ingest_file(
             rate = lines / max(time.monotonic() - started, 1e-6)
             bar.update(task, description=f"{path.name}: {lines:,} lines, {rate:,.0f} lines/s")
 
-        report = ingest(settings, path, file_format, debtor_account, progress)
+        report = ingest(settings, path, file_format, debtor_account, progress=progress)
     if as_json:
         _print_json(report.as_dict())
     else:

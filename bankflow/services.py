@@ -18,6 +18,7 @@ SERVICES: dict[str, str] = {
     "validator": "processors.validator:run",
     "poster": "consumers.poster:run",
     "relay": "consumers.relay:run",
+    "inbox-watcher": "producers.ingest.watcher:run",
 }
 
 #: Not a service of the bank: ``run all --demo`` adds it to feed demo traffic.

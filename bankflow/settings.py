@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     relay_batch_max: int = Field(default=2000, ge=1, le=50_000)
     relay_idle_poll_ms: int = Field(default=50, ge=1, le=10_000)
 
+    #: The folder the inbox watcher ingests files from (done/ and failed/ beside them).
+    inbox: Path = Path("inbox")
+
     # Service addresses. Loopback by default; containers set BANKFLOW_API_HOST=0.0.0.0.
     api_host: str = "127.0.0.1"
     api_port: int = 8080

@@ -46,6 +46,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "BANKFLOW_VALIDATOR_GROUP": settings.validator_group,
             "BANKFLOW_VALIDATOR_BATCH_MAX": str(settings.validator_batch_max),
             "BANKFLOW_INSTANCE_ID": settings.instance_id,
+            "BANKFLOW_INBOX": str(settings.inbox),
             "BANKFLOW_POSTER_BATCH_MAX": str(settings.poster_batch_max),
             "BANKFLOW_POSTER_BATCH_WAIT_MS": str(settings.poster_batch_wait_ms),
         }

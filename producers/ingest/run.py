@@ -63,6 +63,7 @@ class IngestReport:
     errors: list[LineError] = field(default_factory=list)
     error_count: int = 0
     refused: str | None = None
+    resumed_from: int = 0
 
     def add_error(self, error: LineError) -> None:
         self.error_count += 1
@@ -74,6 +75,7 @@ class IngestReport:
             "file": self.file, "format": self.format, "sha256": self.sha256,
             "lines_read": self.lines_read, "requests_produced": self.requests_produced,
             "lines_rejected": self.error_count, "refused": self.refused,
+            "resumed_from_line": self.resumed_from,
             "errors": [e.as_dict() for e in self.errors],
         }  # fmt: skip
 
@@ -228,10 +230,17 @@ def ingest(
     path: Path,
     fmt: Format | None = None,
     debtor_account: str | None = None,
+    *,
     progress: Callable[[int], None] | None = None,
+    skip: int = 0,
 ) -> IngestReport:
-    """Ingest one file; a refused file is reported with ``refused`` and produces nothing."""
-    report = IngestReport(str(path))
+    """Ingest one file; a refused file is reported with ``refused`` and produces nothing.
+
+    ``progress`` is called with the number of lines done after every acknowledged
+    chunk; ``skip`` resumes after that many lines (the inbox watcher's checkpoint).
+    Skipped lines still name the file's customer, so the one-customer rule holds.
+    """
+    report = IngestReport(str(path), resumed_from=skip)
     try:
         report.format = fmt or detect_format(path)
         report.sha256 = file_digest(path)
@@ -249,6 +258,12 @@ def ingest(
         try:
             for item in _parse(stream, report.format):
                 report.lines_read += 1
+                if report.lines_read <= skip:
+                    if isinstance(item, BatchLine):
+                        resolver.debit(
+                            _with_debtor(item, debtor_account) if debtor_account else item
+                        )
+                    continue
                 outcome = (
                     item
                     if isinstance(item, LineError)
