@@ -319,6 +319,14 @@ def ingest_file(
         str | None,
         typer.Option(help="Debit this account (id or IBAN) instead of the file's debtor."),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="Follow every request to its outcome; for "
+            "pain.001 also write a pain.002 status report."
+        ),
+    ] = False,
+    wait_timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 600,
     as_json: JsonFlag = False,
 ) -> None:
     """Turn every transaction of a file into a transfer request; report bad lines."""
@@ -345,9 +353,15 @@ def ingest_file(
             rate = lines / max(time.monotonic() - started, 1e-6)
             bar.update(task, description=f"{path.name}: {lines:,} lines, {rate:,.0f} lines/s")
 
-        report = ingest(settings, path, file_format, debtor_account, progress=progress)
+        since_ms = int(time.time() * 1000) - 5_000  # a margin for the broker's clock
+        report = ingest(
+            settings, path, file_format, debtor_account, progress=progress, keep_ids=wait
+        )
+    document = report.as_dict()
+    if wait and not report.refused:
+        document.update(_wait_for_outcomes(settings, path, report, since_ms, wait_timeout))
     if as_json:
-        _print_json(report.as_dict())
+        _print_json(document)
     else:
         console.print(
             f"{path}: {report.lines_read} lines read, {report.requests_produced} "
@@ -357,8 +371,32 @@ def ingest_file(
             console.print(f"  line {error.line}: {error.field}: {error.reason}", highlight=False)
         if report.refused:
             console.print(f"[red]file refused:[/red] {report.refused}", highlight=False)
+        for key in ("statuses", "reasons"):
+            if key in document:
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(document[key].items()))
+                console.print(f"{key}: {counts or 'none'}")
+        if "pain002" in document:
+            console.print(f"status report: {document['pain002']}")
     if report.refused:
         raise typer.Exit(1)
+
+
+def _wait_for_outcomes(
+    settings: Settings, path: Path, report: Any, since_ms: int, timeout_s: float
+) -> dict[str, Any]:
+    from producers.ingest.outcomes import follow, pain002, summarise
+    from producers.ingest.pain001 import message_id
+
+    transfers = report.transfers or []
+    outcomes = follow(settings, [t for _, t in transfers], since_ms, timeout_s)
+    result = summarise(outcomes)
+    if report.format == "pain001":
+        with path.open("rb") as stream:
+            original = message_id(stream)
+        target = path.with_name(path.name + ".pain002.xml")
+        target.write_bytes(pain002(original, transfers, outcomes))
+        result["pain002"] = str(target)
+    return result
 
 
 @app.command("verify")

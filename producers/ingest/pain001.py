@@ -131,6 +131,14 @@ def _amount_value(transaction: Any) -> Decimal:
         return Decimal(0)  # reported per transaction by parse_pain001
 
 
+def message_id(stream: BinaryIO) -> str:
+    """The group header's MsgId (what a pain.002 report refers back to)."""
+    for event, element in _events(stream):
+        if event == "end" and _local(element.tag) == GROUP_HEADER:
+            return _text(element, "MsgId") or ""
+    return ""
+
+
 def parse_pain001(stream: BinaryIO) -> Iterator[BatchLine]:
     """Every transaction as a line (``line`` counts transactions from 1)."""
     number = 0

@@ -64,6 +64,8 @@ class IngestReport:
     error_count: int = 0
     refused: str | None = None
     resumed_from: int = 0
+    #: (transaction key, transfer id) of every request, kept only when asked (--wait).
+    transfers: list[tuple[str, uuid.UUID]] | None = None
 
     def add_error(self, error: LineError) -> None:
         self.error_count += 1
@@ -150,8 +152,8 @@ def to_request(
     resolver: DebitResolver,
     debtor_account: str | None,
     requested_at: str,
-) -> tuple[bytes, bytes] | LineError:
-    """One line as a serialised ``TransferRequest`` (key, value), or why it cannot be.
+) -> tuple[uuid.UUID, bytes, bytes] | LineError:
+    """One line as a serialised ``TransferRequest`` (id, key, value), or why it cannot be.
 
     Every field is checked here against the limits ``TransferRequest`` declares, and
     the JSON is written directly: at a million lines, building and validating a
@@ -172,14 +174,15 @@ def to_request(
     too_long = _too_long(line)
     if too_long is not None:
         return LineError(line.line, too_long[0], too_long[1])
+    transfer_id = ids(line.key)
     value = orjson.dumps({
-        "transfer_id": ids(line.key), "source": "batch", "debit_account": account_id,
+        "transfer_id": transfer_id, "source": "batch", "debit_account": account_id,
         "credit_account": line.credit_account, "amount_minor": amount_minor,
         "currency": line.currency, "description": line.description, "category": line.category,
         "tags": line.tags, "reference": line.reference, "requested_at": requested_at,
         "requested_by": requester, "correlation_id": None,
     })  # fmt: skip
-    return account_id.encode(), value
+    return transfer_id, account_id.encode(), value
 
 
 def _too_long(line: BatchLine) -> tuple[str, str] | None:
@@ -233,6 +236,7 @@ def ingest(
     *,
     progress: Callable[[int], None] | None = None,
     skip: int = 0,
+    keep_ids: bool = False,
 ) -> IngestReport:
     """Ingest one file; a refused file is reported with ``refused`` and produces nothing.
 
@@ -240,7 +244,7 @@ def ingest(
     chunk; ``skip`` resumes after that many lines (the inbox watcher's checkpoint).
     Skipped lines still name the file's customer, so the one-customer rule holds.
     """
-    report = IngestReport(str(path), resumed_from=skip)
+    report = IngestReport(str(path), resumed_from=skip, transfers=[] if keep_ids else None)
     try:
         report.format = fmt or detect_format(path)
         report.sha256 = file_digest(path)
@@ -272,7 +276,10 @@ def ingest(
                 if isinstance(outcome, LineError):
                     report.add_error(outcome)
                     continue
-                chunk.append(outcome)
+                transfer_id, key, value = outcome
+                chunk.append((key, value))
+                if report.transfers is not None:
+                    report.transfers.append((item.key, transfer_id))  # type: ignore[union-attr]
                 if len(chunk) >= CHUNK:
                     _send(producer, topic, chunk, report, progress)
         except FileRefused as exc:

@@ -155,3 +155,94 @@ def test_the_cli_reports_in_json_and_exits_non_zero_for_a_refused_file(
     assert report["requests_produced"] == 0
     assert "CtrlSum of the group header says 1.00" in report["refused"]
     assert requested(settings, 0) == []
+
+
+def test_wait_follows_every_request_and_writes_a_pain002_report(
+    settings: Settings, topics, db, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import TESTS_DIR
+    from tests.ledger_support import settings_env, start_service, stop_service
+
+    topics()
+    payer = create_customer(db, "Debtor Name")
+    debtor = open_account(
+        db,
+        settings,
+        customer_id=payer,
+        account_type="checking",
+        currency="EUR",
+        iban="DE87200500001234567890",
+    )
+    open_account(
+        db,
+        settings,
+        customer_id=payer,
+        account_type="checking",
+        currency="CHF",
+        iban="CH5481230000001998736",
+    )
+    for iban in ("DE21500500009876543210", "DE21500500001234567897"):
+        open_account(
+            db,
+            settings,
+            customer_id=create_customer(db, "Creditor"),
+            account_type="checking",
+            currency="EUR",
+            iban=iban,
+        )
+    cash = find_internal_account(db, "cash", "EUR")
+    produce_requests(settings, [transfer_request(cash.id, debtor.id, 1_000_000)])
+    files = [tmp_path / "plain.xml", tmp_path / "swiss.xml"]
+    shutil.copy(SAMPLES / "pain.001.001.03.xml", files[0])
+    shutil.copy(SAMPLES / "pain.001.001.03.ch.02.xml", files[1])
+
+    services = [
+        start_service(settings, name, log=tmp_path / f"{name}.log")
+        for name in ("validator", "poster")
+    ]
+    try:
+        reports = [
+            json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bankflow.cli",
+                        "ingest",
+                        str(f),
+                        "--wait",
+                        "--json",
+                        "--wait-timeout",
+                        "120",
+                    ],
+                    env=settings_env(settings),
+                    cwd=TESTS_DIR.parent,
+                    capture_output=True,
+                    text=True,
+                    timeout=180,
+                    check=True,
+                ).stdout
+            )
+            for f in files
+        ]
+    finally:
+        for service in services:
+            stop_service(service)
+
+    assert reports[0]["statuses"] == {"posted": 2}
+    assert reports[1]["statuses"] == {"rejected": 3}
+    assert reports[1]["reasons"] == {"unknown_account": 2, "external_not_supported": 1}
+    plain = Path(reports[0]["pain002"]).read_text()
+    from defusedxml.ElementTree import fromstring
+
+    assert fromstring(plain.encode()).tag.endswith("Document")  # well-formed
+    assert "<GrpSts>ACCP</GrpSts>" in plain and plain.count("<TxSts>ACCP</TxSts>") == 2
+    assert "<OrgnlEndToEndId>OriginatorID1234</OrgnlEndToEndId>" in plain
+    swiss = Path(reports[1]["pain002"]).read_text()
+    assert "<GrpSts>RJCT</GrpSts>" in swiss and swiss.count("<TxSts>RJCT</TxSts>") == 3
+    assert "<Prtry>external_not_supported</Prtry>" in swiss

@@ -1,0 +1,145 @@
+"""Following a file's requests to their terminal states, and the pain.002 status report.
+
+``posted`` and ``failed`` come from the ledger; ``rejected`` (and ``review``, once
+the fraud rules hold transfers) from their topics, read from the moment the file
+was ingested. A request still without a terminal state when the wait ends is
+reported as ``pending``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+from xml.sax.saxutils import escape
+
+from confluent_kafka import TopicPartition
+from pydantic import ValidationError
+
+from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.settings import Settings
+from schemas.topics import TRANSFERS_REJECTED, TRANSFERS_REVIEW
+from schemas.transfers import RejectedTransfer
+
+#: Ledger look-ups per query, and the pause between rounds of looking.
+IDS_PER_QUERY = 10_000
+POLL_S = 1.0
+
+Outcome = tuple[str, str | None]  # status, reason
+
+
+def follow(
+    settings: Settings, transfer_ids: Iterable[uuid.UUID], since_ms: int, timeout_s: float
+) -> dict[uuid.UUID, Outcome]:
+    """Wait until every id is posted, failed, rejected or in review, or the time is up."""
+    pending = set(transfer_ids)
+    outcomes: dict[uuid.UUID, Outcome] = {}
+    consumer = _decisions_consumer(settings, since_ms)
+    deadline = time.monotonic() + timeout_s
+    try:
+        with db_connect(settings, autocommit=True) as conn:
+            while pending and time.monotonic() < deadline:
+                _read_decisions(consumer, settings, pending, outcomes)
+                ids = list(pending)
+                for start in range(0, len(ids), IDS_PER_QUERY):
+                    for row in conn.execute(
+                        "select id, status, reason from transfers where id = any(%s)",
+                        (ids[start : start + IDS_PER_QUERY],),
+                    ):
+                        outcomes[row[0]] = (row[1], row[2])
+                        pending.discard(row[0])
+                if pending:
+                    time.sleep(POLL_S)
+    finally:
+        consumer.close()
+    for transfer_id in pending:
+        outcomes[transfer_id] = ("pending", None)
+    return outcomes
+
+
+def _decisions_consumer(settings: Settings, since_ms: int) -> Any:
+    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}ingest-wait")
+    partitions = []
+    for name in (TRANSFERS_REJECTED, TRANSFERS_REVIEW):
+        topic = settings.topic(name)
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            continue
+        partitions += [TopicPartition(topic, p, since_ms) for p in metadata.partitions]
+    starts = consumer.offsets_for_times(partitions, timeout=10) if partitions else []
+    consumer.assign(starts)
+    return consumer
+
+
+def _read_decisions(
+    consumer: Any, settings: Settings, pending: set[uuid.UUID], outcomes: dict[uuid.UUID, Outcome]
+) -> None:
+    review = settings.topic(TRANSFERS_REVIEW)
+    for _ in range(100):  # bounded: at most 100 batches per round
+        messages = consumer.consume(1000, timeout=0.2)
+        if not messages:
+            return
+        for m in messages:
+            if m.error() is not None:
+                continue
+            try:
+                decision = RejectedTransfer.model_validate_json(m.value())
+            except ValidationError:
+                continue
+            if decision.transfer_id in pending:
+                status = "review" if m.topic() == review else "rejected"
+                outcomes[decision.transfer_id] = (status, ",".join(decision.reasons))
+                pending.discard(decision.transfer_id)
+
+
+def summarise(outcomes: dict[uuid.UUID, Outcome]) -> dict[str, Any]:
+    statuses = Counter(status for status, _ in outcomes.values())
+    reasons = Counter(reason for _, reason in outcomes.values() if reason)
+    return {"statuses": dict(statuses), "reasons": dict(reasons)}
+
+
+def pain002(
+    original_message_id: str,
+    transfers: list[tuple[str, uuid.UUID]],
+    outcomes: dict[uuid.UUID, Outcome],
+) -> bytes:
+    """A pain.002.001.03 customer payment status report: accepted or rejected per transaction.
+
+    ACCP for posted, RJCT (with the reason as a proprietary code) for rejected and
+    failed, PDNG for review and for anything still pending.
+    """
+    codes = {"posted": "ACCP", "rejected": "RJCT", "failed": "RJCT"}
+    by_block: dict[str, list[str]] = {}
+    for key, transfer_id in transfers:
+        block, end_to_end = key.removeprefix("pmtinf:").split("/e2e:", 1)
+        status, reason = outcomes.get(transfer_id, ("pending", None))
+        code = codes.get(status, "PDNG")
+        why = (
+            f"<StsRsnInf><Rsn><Prtry>{escape(reason)}</Prtry></Rsn></StsRsnInf>"
+            if code == "RJCT" and reason
+            else ""
+        )
+        by_block.setdefault(block, []).append(
+            f"<TxInfAndSts><OrgnlEndToEndId>{escape(end_to_end)}</OrgnlEndToEndId>"
+            f"<TxSts>{code}</TxSts>{why}</TxInfAndSts>"
+        )
+    all_codes = {codes.get(outcomes.get(t, ("pending", None))[0], "PDNG") for _, t in transfers}
+    group = all_codes.pop() if len(all_codes) == 1 else "PART"
+    blocks = "".join(
+        f"<OrgnlPmtInfAndSts><OrgnlPmtInfId>{escape(b)}</OrgnlPmtInfId>"
+        f"{''.join(txs)}</OrgnlPmtInfAndSts>"
+        for b, txs in by_block.items()
+    )
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.002.001.03">'
+        "<CstmrPmtStsRpt>"
+        f"<GrpHdr><MsgId>STS-{uuid.uuid4().hex[:16]}</MsgId><CreDtTm>{now}</CreDtTm></GrpHdr>"
+        f"<OrgnlGrpInfAndSts><OrgnlMsgId>{escape(original_message_id)}</OrgnlMsgId>"
+        f"<OrgnlMsgNmId>pain.001</OrgnlMsgNmId><GrpSts>{group}</GrpSts></OrgnlGrpInfAndSts>"
+        f"{blocks}</CstmrPmtStsRpt></Document>\n"
+    ).encode()
