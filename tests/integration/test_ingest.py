@@ -197,6 +197,8 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
         )
     cash = find_internal_account(db, "cash", "EUR")
     produce_requests(settings, [transfer_request(cash.id, debtor.id, 1_000_000)])
+    run_validator_until(settings, 1)  # funded before the file: no outcome depends on order
+    drain_in_process(settings, 1)
     files = [tmp_path / "plain.xml", tmp_path / "swiss.xml"]
     shutil.copy(SAMPLES / "pain.001.001.03.xml", files[0])
     shutil.copy(SAMPLES / "pain.001.001.03.ch.02.xml", files[1])
