@@ -12,8 +12,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +33,7 @@ from bankflow.ledger.store import (
     load_offsets,
     write_batch,
 )
+from bankflow.runtime import configure_logging, on_stop_signal, run_until_stopped
 from bankflow.settings import Settings
 from schemas.errors import describe
 from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_FAILED, TRANSFERS_POSTED
@@ -42,9 +41,6 @@ from schemas.transfers import AcceptedTransfer
 
 log = logging.getLogger("bankflow.poster")
 
-#: Waits between attempts when PostgreSQL is unreachable: 0.5 s doubling to 30 s.
-#: After this many failures in a row the poster exits, for its supervisor to restart.
-DB_BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30)
 #: librdkafka's session timeout: a poster that stops heartbeating loses its partitions
 #: after this long. Shorter than Kafka's 45 s so a dead poster is replaced quickly.
 SESSION_TIMEOUT_MS = 10_000
@@ -129,20 +125,7 @@ class Poster:
     def run(self) -> None:
         """Post batches until asked to stop (SIGTERM, SIGINT or ``stopping``)."""
         self.subscribe()
-        failures = 0
-        while not self.stopping:
-            try:
-                self.poll_and_post()
-                failures = 0
-            except psycopg.OperationalError as exc:
-                if failures >= len(DB_BACKOFF_S):
-                    raise
-                log.warning(
-                    "database unavailable (%s); retrying in %s s", exc, DB_BACKOFF_S[failures]
-                )
-                time.sleep(DB_BACKOFF_S[failures])
-                failures += 1
-                self._reconnect()
+        run_until_stopped(self.poll_and_post, lambda: self.stopping, self._reconnect, log)
 
     def poll_and_post(self) -> int:
         """Consume one batch and post it; returns the number of messages handled."""
@@ -316,15 +299,10 @@ def connect(settings: Settings) -> psycopg.Connection[Any]:
 
 def run(settings: Settings) -> None:
     """``bankflow run poster``: post until SIGTERM or SIGINT, then close cleanly."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     poster = build(settings)
     tune_gc()
-
-    def stop(*_: object) -> None:
-        poster.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_stop_signal(lambda: setattr(poster, "stopping", True))
     log.info(
         "poster started: group %s, batches of up to %d messages or %d ms",
         settings.poster_group,

@@ -10,7 +10,6 @@ outbox's order on the topics; a second relay waits as a hot standby.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from bankflow.bootstrap import db_connect, kafka_producer
 from bankflow.errors import BankflowError
+from bankflow.runtime import configure_logging, on_stop_signal
 from bankflow.settings import Settings
 from schemas.headers import EVENT_ID
 
@@ -115,14 +115,9 @@ def build(settings: Settings) -> Relay:
 
 def run(settings: Settings) -> None:
     """``bankflow run relay``: publish until SIGTERM or SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     relay = build(settings)
-
-    def stop(*_: object) -> None:
-        relay.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_stop_signal(lambda: setattr(relay, "stopping", True))
     try:
         relay.run()
     finally:

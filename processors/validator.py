@@ -13,8 +13,6 @@ outage while loading accounts aborts and retries with backoff.
 from __future__ import annotations
 
 import logging
-import signal
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +31,7 @@ from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer
 from bankflow.domain.posting import AccountStatus, AccountType
+from bankflow.runtime import configure_logging, on_stop_signal, run_until_stopped
 from bankflow.settings import Settings
 from processors.validation import AccountFacts, account_key, validate
 from schemas import headers as h
@@ -51,8 +50,6 @@ log = logging.getLogger("bankflow.validator")
 #: a validator killed mid-batch blocks read_committed readers for at most this long
 #: (a restarted instance with the same transactional id aborts it at once).
 TRANSACTION_TIMEOUT_MS = 10_000
-#: Waits between attempts while PostgreSQL is unreachable; then the validator exits.
-DB_BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30)
 TXN_TIMEOUT_S = 30
 
 
@@ -90,20 +87,13 @@ class Validator:
 
     def run(self) -> None:
         self.subscribe()
-        failures = 0
-        while not self.stopping:
-            try:
-                self.poll_and_decide()
-                failures = 0
-            except psycopg.OperationalError as exc:
-                if failures >= len(DB_BACKOFF_S):
-                    raise
-                log.warning(
-                    "database unavailable (%s); retrying in %s s", exc, DB_BACKOFF_S[failures]
-                )
-                time.sleep(DB_BACKOFF_S[failures])
-                failures += 1
-                self.conn = db_connect(self.settings, autocommit=True)
+        run_until_stopped(self.poll_and_decide, lambda: self.stopping, self._reconnect, log)
+
+    def _reconnect(self) -> None:
+        self.conn.close()
+        self.conn = db_connect(
+            self.settings, application_name="bankflow-validator", autocommit=True
+        )
 
     def poll_and_decide(self) -> int:
         messages = [
@@ -241,14 +231,9 @@ def build(settings: Settings) -> Validator:
 
 def run(settings: Settings) -> None:
     """``bankflow run validator``: decide until SIGTERM or SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     validator = build(settings)
-
-    def stop(*_: object) -> None:
-        validator.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_stop_signal(lambda: setattr(validator, "stopping", True))
     try:
         validator.run()
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from bankflow.ledger.accounts import (
     list_accounts,
     open_account,
 )
+from bankflow.runtime import configure_logging, on_stop_signal
 from bankflow.settings import Settings
 from producers.intake import publish_requests
 from schemas.topics import TRANSFERS_REQUESTED
@@ -67,15 +67,14 @@ def request(debit: str, credit: str, amount_minor: int, key: str, what: str) -> 
 
 def run(settings: Settings) -> None:
     """``bankflow run demo``: fund the demo accounts, then send transfers until stopped."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     stopping = False
 
-    def stop(*_: object) -> None:
+    def stop() -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_stop_signal(stop)
     with db_connect(settings) as conn:
         accounts = demo_accounts(conn, settings)
         cash = find_internal_account(conn, "cash", "EUR")

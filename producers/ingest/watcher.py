@@ -13,12 +13,12 @@ ledger posts once.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 
 import orjson
 
+from bankflow.runtime import configure_logging, on_stop_signal
 from bankflow.settings import Settings
 from producers.ingest.run import file_digest, ingest
 
@@ -83,17 +83,16 @@ def process(settings: Settings, path: Path, inbox: Path) -> None:
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     inbox = settings.inbox
     inbox.mkdir(parents=True, exist_ok=True)
     stopping = False
 
-    def stop(*_: object) -> None:
+    def stop() -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    on_stop_signal(stop)
     log.info("watching %s", inbox.resolve())
     seen: dict[Path, tuple[int, int]] = {}
     while not stopping:

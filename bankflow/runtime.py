@@ -1,0 +1,45 @@
+"""What every long-running service shares: logging, stop signals, riding out a DB outage."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import psycopg
+
+#: Waits between attempts while PostgreSQL is unreachable: 0.5 s doubling to 30 s,
+#: about three minutes in all; then the service exits for its supervisor to restart.
+DB_BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def on_stop_signal(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on SIGTERM or SIGINT; the service finishes its batch and exits."""
+    signal.signal(signal.SIGTERM, lambda *_: stop())
+    signal.signal(signal.SIGINT, lambda *_: stop())
+
+
+def run_until_stopped(
+    step: Callable[[], object],
+    stopping: Callable[[], bool],
+    reconnect: Callable[[], None],
+    log: logging.Logger,
+) -> None:
+    """Repeat ``step`` until ``stopping()``; ride out a PostgreSQL outage with backoff."""
+    failures = 0
+    while not stopping():
+        try:
+            step()
+            failures = 0
+        except psycopg.OperationalError as exc:
+            if failures >= len(DB_BACKOFF_S):
+                raise
+            log.warning("database unavailable (%s); retrying in %s s", exc, DB_BACKOFF_S[failures])
+            time.sleep(DB_BACKOFF_S[failures])
+            failures += 1
+            reconnect()
