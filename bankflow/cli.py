@@ -31,6 +31,8 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, show, replay, discard.")
+app.add_typer(dlq_app, name="dlq")
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
@@ -480,6 +482,101 @@ def bench_all(as_json: JsonFlag = False) -> None:
     """Every benchmark with its defaults."""
     bench_poster(transfers=100_000, rounds=3, as_json=as_json)
     bench_ingest(lines=1_000_000, as_json=as_json)
+
+
+# --------------------------------------------------------------------- dlq
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@dlq_app.command("list")
+def dlq_list(
+    status: Annotated[str, typer.Option(help="open, replayed or discarded.")] = "open",
+    reason: Annotated[str | None, typer.Option(help="Only reasons containing this.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Dead letters with their reasons (open ones by default)."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.dead_letters import list_open
+
+    with db_connect(_settings(), autocommit=True) as conn:
+        letters = list_open(conn, status, reason)
+    if as_json:
+        _print_json([d.as_dict() for d in letters])
+        return
+    table = Table("id", "from", "error", "reason", "attempts", "last failure")
+    for d in letters:
+        table.add_row(
+            str(d.id),
+            f"{d.original_topic}[{d.original_partition}]@{d.original_offset}",
+            d.error_class,
+            d.reason,
+            str(d.attempts),
+            d.last_failure_at.isoformat(),
+        )
+    Console().print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(dead_letter_id: int, as_json: JsonFlag = False) -> None:
+    """One dead letter, with its key, payload and headers."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.dead_letters import get
+
+    with db_connect(_settings(), autocommit=True) as conn:
+        letter = get(conn, dead_letter_id)
+    _print_json(letter.as_dict(payload=True))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    dead_letter_id: Annotated[int | None, typer.Argument(help="The dead letter to replay.")] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Every open dead letter.")] = False,
+    reason: Annotated[str | None, typer.Option(help="With --all: only these reasons.")] = None,
+) -> None:
+    """Send dead letters back to their original topic (safe to repeat: ids dedupe)."""
+    from bankflow.bootstrap import db_connect, kafka_producer
+    from bankflow.dead_letters import get, list_open, resolve
+    from producers.intake import publish
+
+    if (dead_letter_id is None) == (not replay_all):
+        console.print("[red]give a dead letter id or --all[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    producer = kafka_producer(settings)
+    with db_connect(settings, autocommit=True) as conn:
+        letters = (
+            list_open(conn, "open", reason)
+            if dead_letter_id is None
+            else [get(conn, dead_letter_id)]
+        )
+        for letter in letters:
+            if letter.status != "open":
+                console.print(f"dead letter {letter.id} is {letter.status} already; nothing sent")
+                continue
+            # Acknowledged by the broker before it is marked replayed: a crash between the
+            # two replays it again, which the transfer id makes harmless.
+            publish(producer, letter.original_topic, [(letter.key or b"", letter.payload or b"")])
+            resolve(conn, letter.id, "replay", _actor(), reason)
+            console.print(f"replayed dead letter {letter.id} to {letter.original_topic}")
+
+
+@dlq_app.command("discard")
+def dlq_discard(
+    dead_letter_id: int,
+    reason: Annotated[str, typer.Option(help="Why it is discarded (recorded).")],
+) -> None:
+    """Close a dead letter without replaying it, recording who and why."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.dead_letters import resolve
+
+    with db_connect(_settings(), autocommit=True) as conn:
+        resolve(conn, dead_letter_id, "discard", _actor(), reason)
+    console.print(f"discarded dead letter {dead_letter_id}")
 
 
 # --------------------------------------------------------------------- run

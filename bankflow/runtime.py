@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psycopg
+from confluent_kafka import Message, TopicPartition
 
 #: Waits between attempts while PostgreSQL is unreachable: 0.5 s doubling to 30 s,
 #: about three minutes in all; then the service exits for its supervisor to restart.
@@ -43,3 +44,11 @@ def run_until_stopped(
             time.sleep(DB_BACKOFF_S[failures])
             failures += 1
             reconnect()
+
+
+def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit after ``messages``: one past the last of each partition."""
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        last[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0)
+    return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]

@@ -19,6 +19,7 @@ SERVICES: dict[str, str] = {
     "poster": "consumers.poster:run",
     "relay": "consumers.relay:run",
     "inbox-watcher": "producers.ingest.watcher:run",
+    "dlq-sink": "consumers.dlq_sink:run",
 }
 
 #: Not a service of the bank: ``run all --demo`` adds it to feed demo traffic.
@@ -44,7 +45,7 @@ def run_all(settings: Settings, echo: Callable[[str], None], demo: bool = False)
     echo(f"started {', '.join(f'{n} (pid {p.pid})' for n, p in processes.items())}")
     echo(f"API: http://127.0.0.1:{settings.api_port}/docs   ready: /readyz")
     echo("ledger: `bankflow accounts list`, `bankflow verify`   Ctrl-C stops everything")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     exit_code = 0
     try:
         while all(p.poll() is None for p in processes.values()):
@@ -56,6 +57,11 @@ def run_all(settings: Settings, echo: Callable[[str], None], demo: bool = False)
         echo("stopping services ...")
     _stop(processes)
     return exit_code
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM to ``run all`` stops its services as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:

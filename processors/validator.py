@@ -31,7 +31,12 @@ from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer
 from bankflow.domain.posting import AccountStatus, AccountType
-from bankflow.runtime import configure_logging, on_stop_signal, run_until_stopped
+from bankflow.runtime import (
+    configure_logging,
+    next_offsets,
+    on_stop_signal,
+    run_until_stopped,
+)
 from bankflow.settings import Settings
 from processors.validation import AccountFacts, account_key, validate
 from schemas import headers as h
@@ -107,7 +112,7 @@ class Validator:
         try:
             self._decide(messages)
             self.producer.send_offsets_to_transaction(
-                _next_offsets(messages), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
+                next_offsets(messages), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
             )
             self.producer.commit_transaction(TXN_TIMEOUT_S)
         except KafkaException as exc:
@@ -208,13 +213,6 @@ def _usable(message: Message) -> bool:
     if error is not None and error.code() != KafkaError._PARTITION_EOF:
         log.error("consumer error: %s", error)
     return error is None
-
-
-def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    last: dict[tuple[str, int], int] = {}
-    for m in messages:
-        last[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0)
-    return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
 
 
 def _is_uuid(text: str) -> bool:

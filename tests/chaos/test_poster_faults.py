@@ -83,9 +83,16 @@ def read_partitions(settings: Settings) -> list[int]:
 
 
 def in_transaction(db, pid: int) -> bool:
+    """Whether the poster is inside a batch's database transaction.
+
+    The poster's connection is in autocommit mode, so "idle in transaction" (between
+    two statements of an open transaction) happens only inside ``write_batch``; an
+    active statement outside it (reading the stored offsets at assignment) is not
+    a batch, and a pause there would hold nothing to guard.
+    """
     row = db.execute(
         "select count(*) from pg_stat_activity where application_name = %s "
-        "and xact_start is not null",
+        "and state = 'idle in transaction'",
         (f"bankflow-poster-{pid}",),
     ).fetchone()
     return bool(row and row[0])

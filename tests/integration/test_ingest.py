@@ -61,7 +61,7 @@ def test_each_sample_pain001_becomes_one_request_per_transaction(
     found = requested(settings, sum(expected))
     assert sorted((r.amount_minor, r.currency) for r in found) == sorted(
         [(394_975, "CHF"), (847_925, "CHF"), (342_100, "EUR")]
-        + [(654_314, "EUR"), (11_272, "EUR")] * 3
+        + [(654_314, "EUR"), (11_272, "EUR")] * 4
     )
     assert all(r.source == "batch" and r.requested_by == f"customer:{customer}" for r in found)
     assert len({r.transfer_id for r in found}) == len(found)

@@ -1,0 +1,85 @@
+"""``bankflow run dlq-sink``: every message on transfers.dlq into the dead_letters table.
+
+At least once from Kafka, idempotent in PostgreSQL: Kafka offsets are committed
+after the rows are, and a repeated message (same original topic, partition and
+offset) only counts another attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, Message
+
+from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.dead_letters import store
+from bankflow.runtime import (
+    configure_logging,
+    next_offsets,
+    on_stop_signal,
+    run_until_stopped,
+)
+from bankflow.settings import Settings
+from schemas.topics import TRANSFERS_DLQ
+
+log = logging.getLogger("bankflow.dlq_sink")
+
+BATCH_MAX = 500
+BATCH_WAIT_S = 0.5
+
+
+class DeadLetterSink:
+    def __init__(self, settings: Settings, consumer: Consumer, conn: psycopg.Connection[Any]):
+        self.settings = settings
+        self.consumer = consumer
+        self.conn = conn
+        self.stopping = False
+        self.stored = 0
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.settings.topic(TRANSFERS_DLQ)])
+
+    def poll_and_store(self) -> int:
+        messages = [m for m in self.consumer.consume(BATCH_MAX, BATCH_WAIT_S) if m.error() is None]
+        if not messages:
+            return 0
+        with self.conn.transaction():
+            for m in messages:
+                store(self.conn, m.key(), m.value(), _headers(m))
+        self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+        self.stored += len(messages)
+        return len(messages)
+
+    def reconnect(self) -> None:
+        self.conn.close()
+        self.conn = db_connect(self.settings, application_name="bankflow-dlq-sink", autocommit=True)
+
+
+def _headers(message: Message) -> dict[str, str]:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {
+        name: value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+        for name, value in pairs
+    }
+
+
+def build(settings: Settings) -> DeadLetterSink:
+    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}bankflow-dlq-sink")
+    conn = db_connect(settings, application_name="bankflow-dlq-sink", autocommit=True)
+    return DeadLetterSink(settings, consumer, conn)
+
+
+def run(settings: Settings) -> None:
+    configure_logging()
+    sink = build(settings)
+    on_stop_signal(lambda: setattr(sink, "stopping", True))
+    sink.subscribe()
+    try:
+        run_until_stopped(sink.poll_and_store, lambda: sink.stopping, sink.reconnect, log)
+    finally:
+        sink.consumer.close()
+        sink.conn.close()
+        log.info("dlq sink stopped after storing %d dead letters", sink.stored)

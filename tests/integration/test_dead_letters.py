@@ -1,0 +1,118 @@
+"""Dead letters end in the table, are listed with their reason, and replay exactly once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bankflow.bootstrap import kafka_producer
+from bankflow.settings import Settings
+from consumers.relay import relay_once
+from tests.conftest import TESTS_DIR
+from tests.integration.test_validator import produce_requests, run_validator_until
+from tests.ledger_support import (
+    accepted,
+    drain_in_process,
+    open_test_accounts,
+    produce_accepted,
+    settings_env,
+    transfer_count,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def bankflow(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bankflow.cli", *args],
+        env=settings_env(settings),
+        cwd=TESTS_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def sink_until(settings: Settings, count: int) -> None:
+    from consumers.dlq_sink import build
+
+    sink = build(settings)
+    sink.subscribe()
+    try:
+        for _ in range(100):  # bounded
+            sink.poll_and_store()
+            if sink.stored >= count:
+                return
+    finally:
+        sink.consumer.close()
+        sink.conn.close()
+    raise AssertionError(f"the sink stored {sink.stored} of {count}")
+
+
+def test_poison_requests_are_listed_with_their_reason(settings: Settings, topics, db) -> None:
+    topics()
+    produce_requests(settings, [], raw=[b"\x00garbage", b'{"transfer_id": 1}'], partition=0)
+    run_validator_until(settings, 2)
+    sink_until(settings, 2)
+    listed = json.loads(bankflow(settings, "dlq", "list", "--json").stdout)
+    assert [d["error_class"] for d in listed] == ["PoisonMessage", "PoisonMessage"]
+    assert "Invalid JSON" in listed[0]["reason"]
+    assert "transfer_id" in listed[1]["reason"]
+    shown = json.loads(bankflow(settings, "dlq", "show", str(listed[0]["id"])).stdout)
+    assert shown["payload"].startswith("\x00garbage")
+    discarded = bankflow(settings, "dlq", "discard", str(listed[0]["id"]), "--reason", "junk")
+    assert discarded.returncode == 0, discarded.stderr
+    assert [d["id"] for d in json.loads(bankflow(settings, "dlq", "list", "--json").stdout)] == [
+        listed[1]["id"]
+    ]
+    actions = db.execute("select action, note from dead_letter_actions").fetchall()
+    assert actions == [("discard", "junk")]
+
+
+def test_a_dead_letter_whose_cause_was_fixed_replays_to_exactly_one_posting(
+    settings: Settings, topics, db
+) -> None:
+    topics()
+    (a,) = open_test_accounts(db, settings, 1)
+    from bankflow.ledger.accounts import find_internal_account
+
+    cash = find_internal_account(db, "cash", "EUR")
+    # A broken deployment refuses this one transfer; the poster dead-letters it.
+    db.execute("alter table transfers add constraint broken check (amount_minor <> 777) not valid")
+    transfer = accepted(cash.id, a, 777)
+    produce_accepted(settings, [transfer])
+    from consumers.poster import build
+
+    poster = build(settings)
+    poster.subscribe()
+    try:
+        for _ in range(100):  # bounded
+            poster.poll_and_post()
+            if poster.stats.dead_letters:
+                break
+    finally:
+        poster.consumer.close()
+        poster.conn.close()
+    assert transfer_count(db) == 0
+    assert relay_once(db, kafka_producer(settings), batch_max=10) == 1
+    sink_until(settings, 1)
+    (letter,) = json.loads(bankflow(settings, "dlq", "list", "--json").stdout)
+    assert "database refused it" in letter["reason"]
+
+    db.execute("alter table transfers drop constraint broken")  # the cause is fixed
+    first = bankflow(settings, "dlq", "replay", str(letter["id"]))
+    assert first.returncode == 0, first.stderr
+    drain_in_process(settings, 1)
+    second = bankflow(settings, "dlq", "replay", str(letter["id"]))
+    assert "replayed already; nothing sent" in second.stderr
+    replay_all = bankflow(settings, "dlq", "replay", "--all")
+    assert replay_all.returncode == 0
+    drain_in_process(settings, 1, timeout_s=10)
+    rows = db.execute("select id, status from transfers").fetchall()
+    assert rows == [(transfer.transfer_id, "posted")]
+    balance = db.execute("select balance_minor from accounts where id = %s", (a,)).fetchone()[0]
+    assert balance == 777
