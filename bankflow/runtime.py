@@ -43,7 +43,12 @@ def run_until_stopped(
             log.warning("database unavailable (%s); retrying in %s s", exc, DB_BACKOFF_S[failures])
             time.sleep(DB_BACKOFF_S[failures])
             failures += 1
-            reconnect()
+            try:
+                reconnect()
+            except psycopg.OperationalError as still_down:
+                # Still down: the next step fails at once on the closed connection and
+                # counts as the next failure of the backoff.
+                log.warning("reconnecting failed (%s)", still_down)
 
 
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

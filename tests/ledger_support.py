@@ -51,6 +51,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "BANKFLOW_POSTER_BATCH_WAIT_MS": str(settings.poster_batch_wait_ms),
         }
     )
+    env["PYTHONUNBUFFERED"] = "1"  # logs reach their files as they happen
     env.update(extra)
     return env
 

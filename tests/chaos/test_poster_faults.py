@@ -82,6 +82,12 @@ def read_partitions(settings: Settings) -> list[int]:
     return list(kafka_admin(settings).list_topics(topic, timeout=10).topics[topic].partitions)
 
 
+def owns_one_partition(log: Path) -> bool:
+    """Whether the poster's latest assignment (from its log) is exactly one partition."""
+    lines = [line for line in log.read_text().splitlines() if " INFO assigned " in line]
+    return bool(lines) and lines[-1].count("transfers.accepted[") == 1
+
+
 def in_transaction(db, pid: int) -> bool:
     """Whether the poster is inside a batch's database transaction.
 
@@ -127,6 +133,14 @@ def test_a_zombie_poster_resumed_mid_batch_changes_nothing(
     zombie = start_service(settings, "poster", log=logs[0])
     other = start_service(settings, "poster", log=logs[1])
     try:
+        # Both must be settled members, one partition each, before the pause: then the
+        # other poster is certain to reach for the zombie's partition while the zombie
+        # holds its offset row, and to find it moved once the zombie commits.
+        wait_for(
+            lambda: all(owns_one_partition(log) for log in logs),
+            60,
+            "each poster to own one partition",
+        )
         wait_for(lambda: transfer_count(db) > len(work.funding) + 500, 60, "both posters to post")
         wait_for(
             lambda: in_transaction(db, zombie.pid),
