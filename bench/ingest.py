@@ -24,11 +24,10 @@ from typing import Any
 
 import psycopg
 
-from bankflow.bootstrap import db_connect, kafka_admin, kafka_producer
+from bankflow.bootstrap import db_connect, kafka_producer
 from bankflow.ledger.accounts import create_customer, open_account
 from bankflow.settings import Settings
-from infra.db import migrate
-from infra.topics import create_topics
+from bench.common import clean_up, throwaway
 from producers.ingest.run import ingest
 from schemas.topics import TRANSFERS_REQUESTED
 from schemas.transfers import TransferRequest, TransferSource
@@ -39,12 +38,7 @@ PAYEES = 50
 
 
 def run_bench(settings: Settings, lines: int, echo: Callable[[str], None]) -> dict[str, Any]:
-    tag = uuid.uuid4().hex[:8]
-    bench = settings.model_copy(
-        update={"topic_prefix": f"bench-{tag}.", "db_schema": f"bench_{tag}"}
-    )
-    migrate(bench)
-    create_topics(bench, (TRANSFERS_REQUESTED,))
+    bench = throwaway(settings, (TRANSFERS_REQUESTED,))
     try:
         with tempfile.TemporaryDirectory() as folder, db_connect(bench, autocommit=True) as conn:
             path = Path(folder) / "bench.csv"
@@ -61,7 +55,7 @@ def run_bench(settings: Settings, lines: int, echo: Callable[[str], None]) -> di
             baseline_lps = _bare_producer_lps(bench, lines, payers, payees)
             echo(f"  {baseline_lps:,.0f} messages/s")
     finally:
-        _clean_up(bench)
+        clean_up(bench, (TRANSFERS_REQUESTED,))
     return {
         "lines": lines,
         "requests_produced": report.requests_produced,
@@ -137,11 +131,3 @@ def _bare_producer_lps(
     if producer.flush(120):
         raise RuntimeError("the broker did not acknowledge the baseline's messages")
     return lines / (time.perf_counter() - started)
-
-
-def _clean_up(settings: Settings) -> None:
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute(f'drop schema if exists "{settings.db_schema}" cascade')
-    admin = kafka_admin(settings)  # keep it alive until the futures resolve
-    for future in admin.delete_topics([settings.topic(TRANSFERS_REQUESTED)]).values():
-        future.result()

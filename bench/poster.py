@@ -25,16 +25,15 @@ from typing import Any
 
 import psycopg
 
-from bankflow.bootstrap import db_connect, kafka_admin, kafka_producer
+from bankflow.bootstrap import db_connect, kafka_producer
 from bankflow.domain.posting import AccountState, AccountStatus, AccountType, post_batch
 from bankflow.domain.posting import TransferInstruction as Instruction
 from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
 from bankflow.ledger.store import ConsumedTransfer, Topics, prepare, write_prepared
 from bankflow.settings import Settings
+from bench.common import clean_up, throwaway
 from consumers.poster import build as build_poster
 from consumers.poster import tune_gc
-from infra.db import migrate
-from infra.topics import create_topics
 from schemas.topics import TRANSFERS_ACCEPTED
 from schemas.transfers import AcceptedTransfer, TransferSource
 
@@ -53,13 +52,7 @@ def run_bench(
     by 10 % either way with checkpoints and autovacuum; medians of interleaved rounds
     keep that noise out of the ratios.
     """
-    tag = uuid.uuid4().hex[:8]
-    bench = settings.model_copy(update={
-        "topic_prefix": f"bench-{tag}.", "db_schema": f"bench_{tag}",
-        "poster_group": f"bench-{tag}-poster",
-    })  # fmt: skip
-    migrate(bench)
-    create_topics(bench, (TRANSFERS_ACCEPTED,))
+    bench = throwaway(settings, (TRANSFERS_ACCEPTED,))
     tune_gc()  # as `bankflow run poster` does; the baseline runs under it too
     measured: list[dict[str, float]] = []
     try:
@@ -72,7 +65,7 @@ def run_bench(
                     + ", ".join(f"{k} {v:,.0f}/s" for k, v in measured[-1].items())
                 )
     finally:
-        _clean_up(bench)
+        clean_up(bench, (TRANSFERS_ACCEPTED,))
     baseline, uniform, hot = (
         statistics.median(r[k] for r in measured) for k in ("baseline", "poster", "hot")
     )
@@ -239,11 +232,3 @@ def _instruction(t: AcceptedTransfer) -> Instruction:
     return Instruction(
         t.transfer_id, t.debit_account_id, t.credit_account_id, t.amount_minor, t.currency
     )
-
-
-def _clean_up(settings: Settings) -> None:
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute(f'drop schema if exists "{settings.db_schema}" cascade')
-    admin = kafka_admin(settings)  # keep it alive until the futures resolve
-    for future in admin.delete_topics([settings.topic(TRANSFERS_ACCEPTED)]).values():
-        future.result()

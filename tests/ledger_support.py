@@ -56,6 +56,21 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_cli(
+    settings: Settings, *args: str, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``bankflow ARGS`` as a process with exactly these settings; never raises on exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "bankflow.cli", *args],
+        env=settings_env(settings),
+        cwd=TESTS_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def start_service(
     settings: Settings, name: str, log: Path | None = None, **extra: str
 ) -> subprocess.Popen[bytes]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from confluent_kafka import TopicPartition
 from schwifty import IBAN
@@ -13,20 +12,11 @@ from bankflow.bootstrap import kafka_consumer
 from bankflow.settings import Settings
 from schemas.topics import TRANSFERS_REQUESTED
 from schemas.transfers import TransferRequest
-from tests.conftest import TESTS_DIR
-from tests.ledger_support import settings_env
+from tests.ledger_support import run_cli
 
 
 def bankflow(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bankflow.cli", *args],
-        env=settings_env(settings),
-        cwd=TESTS_DIR.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(settings, *args)
 
 
 def test_open_list_and_show_accounts(settings: Settings, db) -> None:

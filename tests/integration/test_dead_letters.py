@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from bankflow.bootstrap import kafka_producer
 from bankflow.settings import Settings
 from consumers.relay import relay_once
-from tests.conftest import TESTS_DIR
 from tests.integration.test_validator import produce_requests, run_validator_until
 from tests.ledger_support import (
     accepted,
     drain_in_process,
     open_test_accounts,
     produce_accepted,
-    settings_env,
+    run_cli,
     transfer_count,
 )
 
@@ -26,15 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def bankflow(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bankflow.cli", *args],
-        env=settings_env(settings),
-        cwd=TESTS_DIR.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(settings, *args)
 
 
 def sink_until(settings: Settings, count: int) -> None:

@@ -14,7 +14,7 @@ from producers.ingest.run import ingest
 from schemas.topics import TRANSFERS_REQUESTED
 from schemas.transfers import TransferRequest
 from tests.integration.test_validator import produce_requests, run_validator_until, transfer_request
-from tests.ledger_support import drain_in_process, transfer_count
+from tests.ledger_support import drain_in_process, run_cli, transfer_count
 
 pytestmark = pytest.mark.timeout(300)
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "iso20022"
@@ -128,11 +128,6 @@ def test_the_cli_reports_in_json_and_exits_non_zero_for_a_refused_file(
     settings: Settings, topics, db, tmp_path: Path
 ) -> None:
     import json
-    import subprocess
-    import sys
-
-    from tests.conftest import TESTS_DIR
-    from tests.ledger_support import settings_env
 
     topics(TRANSFERS_REQUESTED)
     bad = tmp_path / "bad-ctrlsum.xml"
@@ -141,15 +136,7 @@ def test_the_cli_reports_in_json_and_exits_non_zero_for_a_refused_file(
         .read_bytes()
         .replace(b"<CtrlSum>15850.00</CtrlSum>", b"<CtrlSum>1.00</CtrlSum>")
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "bankflow.cli", "ingest", str(bad), "--json"],
-        env=settings_env(settings),
-        cwd=TESTS_DIR.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(settings, "ingest", str(bad), "--json")
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["requests_produced"] == 0
@@ -162,11 +149,8 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
 ) -> None:
     import json
     import shutil
-    import subprocess
-    import sys
 
-    from tests.conftest import TESTS_DIR
-    from tests.ledger_support import settings_env, start_service, stop_service
+    from tests.ledger_support import start_service, stop_service
 
     topics()
     payer = create_customer(db, "Debtor Name")
@@ -208,30 +192,21 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
         for name in ("validator", "poster")
     ]
     try:
-        reports = [
-            json.loads(
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bankflow.cli",
-                        "ingest",
-                        str(f),
-                        "--wait",
-                        "--json",
-                        "--wait-timeout",
-                        "120",
-                    ],
-                    env=settings_env(settings),
-                    cwd=TESTS_DIR.parent,
-                    capture_output=True,
-                    text=True,
-                    timeout=180,
-                    check=True,
-                ).stdout
+        runs = [
+            run_cli(
+                settings,
+                "ingest",
+                str(f),
+                "--wait",
+                "--json",
+                "--wait-timeout",
+                "120",
+                timeout_s=180,
             )
             for f in files
         ]
+        assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+        reports = [json.loads(r.stdout) for r in runs]
     finally:
         for service in services:
             stop_service(service)

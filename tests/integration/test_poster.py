@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -15,7 +13,6 @@ from bankflow.ledger.store import OffsetRange, Topics, write_batch
 from bankflow.settings import Settings
 from schemas import headers as h
 from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ
-from tests.conftest import TESTS_DIR
 from tests.ledger_support import (
     accepted,
     assert_ledger_matches,
@@ -24,7 +21,7 @@ from tests.ledger_support import (
     ledger_snapshot,
     open_test_accounts,
     produce_accepted,
-    settings_env,
+    run_cli,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -45,15 +42,7 @@ def test_ten_thousand_transfers_among_two_hundred_accounts_post_exactly_once(
     assert stats.failed == expected_failures > 0
     assert set(stats.reasons) == {"insufficient_funds", "unknown_account"}
     # The real command agrees, and says so in JSON.
-    result = subprocess.run(
-        [sys.executable, "-m", "bankflow.cli", "verify", "--json"],
-        env=settings_env(settings),
-        cwd=TESTS_DIR.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(settings, "verify", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["ok"] is True
 
