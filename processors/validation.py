@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Final, Literal
 
 from bankflow.domain.errors import InvalidIban
-from bankflow.domain.iban import looks_like_iban, normalize_iban
+from bankflow.domain.iban import account_reference_key, looks_like_iban, normalize_iban
 from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
 from schemas.transfers import AcceptedTransfer, TransferRequest
 
@@ -65,19 +65,14 @@ class Decision:
     accepted: AcceptedTransfer | None = None
 
 
-def account_key(reference: str) -> str:
-    """How an account reference is looked up: an IBAN compacted, an id as written."""
-    return reference.replace(" ", "").upper() if looks_like_iban(reference) else reference.lower()
-
-
 def validate(request: TransferRequest, accounts: Mapping[str, AccountFacts]) -> Decision:
     """Accept the request (accounts resolved) or reject it with every reason that applies.
 
-    ``accounts`` maps ``account_key`` of every reference the batch named to the
+    ``accounts`` maps ``account_reference_key`` of every reference the batch named to the
     account it names; a reference missing from it is not one of ours.
     """
-    debit = accounts.get(account_key(request.debit_account))
-    credit = accounts.get(account_key(request.credit_account))
+    debit = accounts.get(account_reference_key(request.debit_account))
+    credit = accounts.get(account_reference_key(request.credit_account))
     reasons = _reference_reasons(request, debit, credit)
     if debit is not None and credit is not None:
         reasons += _account_reasons(request, debit, credit)

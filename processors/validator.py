@@ -30,6 +30,7 @@ from confluent_kafka import (
 from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer
+from bankflow.domain.iban import account_reference_key
 from bankflow.domain.posting import AccountStatus, AccountType
 from bankflow.runtime import (
     configure_logging,
@@ -38,7 +39,7 @@ from bankflow.runtime import (
     run_until_stopped,
 )
 from bankflow.settings import Settings
-from processors.validation import AccountFacts, account_key, validate
+from processors.validation import AccountFacts, validate
 from schemas import headers as h
 from schemas.errors import describe
 from schemas.topics import (
@@ -153,7 +154,11 @@ class Validator:
                 self.decisions["rejected"] += 1
 
     def _load_accounts(self, requests: Sequence[TransferRequest]) -> dict[str, AccountFacts]:
-        keys = {account_key(ref) for r in requests for ref in (r.debit_account, r.credit_account)}
+        keys = {
+            account_reference_key(ref)
+            for r in requests
+            for ref in (r.debit_account, r.credit_account)
+        }
         ids = [k for k in keys if _is_uuid(k)]
         ibans = [k for k in keys if not _is_uuid(k)]
         rows = self.conn.execute(

@@ -27,6 +27,14 @@ def normalize_iban(text: str) -> str:
         raise InvalidIban(f"{text!r} is not a valid IBAN: {exc}") from exc
 
 
+def account_reference_key(reference: str) -> str:
+    """The one form an account reference is looked up in: an IBAN compacted and upper
+    case, an account id lower case (as PostgreSQL prints a uuid)."""
+    if looks_like_iban(reference):
+        return reference.replace(" ", "").upper()
+    return reference.strip().lower()
+
+
 def looks_like_iban(text: str) -> bool:
     """Whether ``text`` is written as an IBAN (two letters, two digits, then letters and
     digits only), valid or not. An account id ("ab12cdef-...") is not: it has dashes."""

@@ -10,7 +10,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from bankflow.domain.iban import generate_iban, looks_like_iban, normalize_iban
+from bankflow.domain.iban import (
+    account_reference_key,
+    generate_iban,
+    looks_like_iban,
+    normalize_iban,
+)
 from bankflow.domain.money import exponent
 from bankflow.domain.posting import INTERNAL_TYPES, AccountType
 from bankflow.ledger.errors import AccountNotFound, InvalidAccountRequest
@@ -146,11 +151,10 @@ def find_internal_account(
 def get_account(conn: psycopg.Connection[Any], id_or_iban: str | uuid.UUID) -> Account:
     """The account with this id or IBAN; ``AccountNotFound`` otherwise."""
     cursor = conn.cursor(row_factory=class_row(Account))
-    key = str(id_or_iban)
+    key = account_reference_key(str(id_or_iban))
     if looks_like_iban(key):
         row = cursor.execute(
-            f"select {ACCOUNT_COLUMNS} from accounts where iban = %s",
-            (key.replace(" ", "").upper(),),
+            f"select {ACCOUNT_COLUMNS} from accounts where iban = %s", (key,)
         ).fetchone()
     else:
         try:

@@ -23,7 +23,7 @@ import psycopg
 
 from bankflow.bootstrap import db_connect, kafka_producer
 from bankflow.domain.errors import DomainError
-from bankflow.domain.iban import looks_like_iban
+from bankflow.domain.iban import account_reference_key, looks_like_iban
 from bankflow.domain.money import parse_amount
 from bankflow.domain.posting import INTERNAL_TYPES
 from bankflow.settings import Settings
@@ -110,12 +110,12 @@ class DebitResolver:
         self.customer: uuid.UUID | None = None
 
     def lookup(self, reference: str) -> tuple[uuid.UUID, uuid.UUID, str] | None:
-        key = reference.replace(" ", "").upper() if looks_like_iban(reference) else reference
+        key = account_reference_key(reference)
         if key not in self.cache:
-            column = "iban" if looks_like_iban(reference) else "id::text"
+            column = "iban" if looks_like_iban(key) else "id::text"
             row = self.conn.execute(
                 f"select id, customer_id, type from accounts where {column} = %s",  # noqa: S608
-                (key.lower() if column == "id::text" else key,),
+                (key,),
             ).fetchone()
             self.cache[key] = (row[0], row[1], row[2]) if row else None
         return self.cache[key]

@@ -6,12 +6,12 @@ import uuid
 
 import pytest
 
+from bankflow.domain.iban import account_reference_key
 from bankflow.domain.posting import AccountStatus, AccountType
 from processors.validation import (
     TRANSFER_LIMIT_MINOR,
     AccountFacts,
     RejectReason,
-    account_key,
     validate,
 )
 from schemas.transfers import TransferRequest, TransferSource
@@ -150,9 +150,9 @@ def test_a_customer_may_never_debit_the_banks_own_accounts() -> None:
 
 
 def test_account_references_are_looked_up_in_one_form() -> None:
-    assert account_key("de89 3704 0044 0532 0130 00") == "DE89370400440532013000"
+    assert account_reference_key("de89 3704 0044 0532 0130 00") == "DE89370400440532013000"
     some_id = uuid.uuid4()
-    assert account_key(str(some_id).upper()) == str(some_id)
+    assert account_reference_key(str(some_id).upper()) == str(some_id)
 
 
 def test_an_account_id_that_starts_like_an_iban_is_still_an_id() -> None:
