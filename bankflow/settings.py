@@ -93,7 +93,6 @@ class Settings(BaseSettings):
     # Service addresses. Loopback by default; containers set BANKFLOW_API_HOST=0.0.0.0.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    metrics_port: int = 9400
 
     # Secrets: no usable default outside dev.
     jwt_secret: SecretStr = SecretStr(_DEV_PLACEHOLDER_SECRET)
