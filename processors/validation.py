@@ -30,6 +30,7 @@ class RejectReason(StrEnum):
     CURRENCY_MISMATCH = "currency_mismatch"
     SAME_ACCOUNT = "same_account"
     ABOVE_TRANSFER_LIMIT = "above_transfer_limit"
+    ABOVE_DAILY_LIMIT = "above_daily_limit"
     INVALID_IBAN = "invalid_iban"
     EXTERNAL_NOT_SUPPORTED = "external_not_supported"
 
@@ -39,6 +40,13 @@ class RejectReason(StrEnum):
 TRANSFER_LIMIT_MINOR: Final[dict[AccountType, int]] = {
     AccountType.CHECKING: 5_000_000_00,
     AccountType.SAVINGS: 1_000_000_00,
+}
+
+#: The most an account may send within 24 hours, by type: the limit of the account's
+#: contract, above which the customer must ask the bank. Counted over a sliding day.
+DAILY_LIMIT_MINOR: Final[dict[AccountType, int]] = {
+    AccountType.CHECKING: 10_000_000_00,
+    AccountType.SAVINGS: 2_000_000_00,
 }
 
 #: ``requested_by`` of a customer names the customer: ``customer:<uuid>``. Anything
@@ -84,6 +92,24 @@ def validate(request: TransferRequest, accounts: Mapping[str, AccountFacts]) -> 
         credit_account_id=credit.id,
     )
     return Decision("accepted", (), accepted)
+
+
+def daily_limit_reasons(
+    debit_type: AccountType, sent_today_minor: int, amount_minor: int
+) -> list[RejectReason]:
+    """``above_daily_limit`` when this transfer would take the day's total over the limit.
+
+    ``sent_today_minor`` is what the account sent in the 24 hours before this transfer
+    (from the fraud state); kept apart from ``validate`` because it needs that state.
+    """
+    limit = DAILY_LIMIT_MINOR.get(debit_type)
+    if limit is not None and sent_today_minor + amount_minor > limit:
+        return [RejectReason.ABOVE_DAILY_LIMIT]
+    return []
+
+
+def is_customer_request(request: TransferRequest) -> bool:
+    return (request.requested_by or "").startswith(CUSTOMER_PREFIX)
 
 
 def _reference_reasons(

@@ -110,7 +110,11 @@ class TransferRequest(TransferDetails):
 
 
 class AcceptedTransfer(TransferDetails):
-    """On ``transfers.accepted``: a request the validator accepted, accounts resolved."""
+    """On ``transfers.accepted``: a request the validator accepted, accounts resolved.
+
+    The same message goes to ``transfers.review`` when the fraud rules hold it; a
+    reviewer's approval publishes it unchanged to ``transfers.accepted``.
+    """
 
     transfer_id: uuid.UUID
     source: TransferSource
@@ -118,7 +122,9 @@ class AcceptedTransfer(TransferDetails):
     credit_account_id: uuid.UUID
     amount_minor: AmountMinor
     currency: Currency
+    #: The fraud rule set that scored the transfer, its total score and what fired.
     ruleset_version: str | None = None
+    risk_score: int = 0
     risk_reasons: list[str] = Field(default_factory=list)
 
 
@@ -133,6 +139,10 @@ class RejectedTransfer(TransferDetails):
     currency: Currency
     reasons: list[str] = Field(min_length=1)
     decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    ruleset_version: str | None = None
+    risk_score: int = 0
+    #: Who decided when a person did (a reviewer); None for the validator's rules.
+    decided_by: str | None = None
 
 
 TransferEventType = Literal["transfer.posted", "transfer.failed"]
