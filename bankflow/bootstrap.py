@@ -70,5 +70,5 @@ def db_connect(
     )
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
+def redis_client(settings: Settings, **kwargs: Any) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, **kwargs)

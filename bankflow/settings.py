@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.topics import RETRY_TIERS_S, all_topics, retry_topic
+
 #: The repository root when bankflow runs from a checkout (the usual case).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,15 +89,64 @@ class Settings(BaseSettings):
     relay_batch_max: int = Field(default=2000, ge=1, le=50_000)
     relay_idle_poll_ms: int = Field(default=50, ge=1, le=10_000)
 
+    #: The fraud rule set (see the file's comments); its version goes with each decision.
+    fraud_rules: Path = PROJECT_ROOT / "infra" / "fraud_rules.yaml"
+    #: Retry tiers in order, name -> delay in seconds: a transient failure goes to
+    #: ``transfers.retry.<name>`` of the next tier, after the last to the DLQ.
+    retry_tiers: dict[str, int] = Field(default_factory=lambda: dict(RETRY_TIERS_S))
+    retrier_group: str = "bankflow-retrier"
+    #: Held transfers no reviewer decided within this long are rejected (review_timeout).
+    review_timeout_s: int = Field(default=72 * 3600, ge=1)
+    tracker_group: str = "bankflow-tracker"
+
     #: The folder the inbox watcher ingests files from (done/ and failed/ beside them).
     inbox: Path = Path("inbox")
 
     # Service addresses. Loopback by default; containers set BANKFLOW_API_HOST=0.0.0.0.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: Where worker services serve /metrics, /healthz and /readyz; containers set 0.0.0.0.
+    metrics_host: str = "127.0.0.1"
+
+    # The consumer-lag exporter (``bankflow run lag-exporter``), also read by ``bankflow lag``.
+    lag_exporter_port: int = Field(default=9108, ge=1, le=65535)
+    #: One evaluation of every group this often.
+    lag_poll_interval_s: float = Field(default=5.0, gt=0, le=300)
+    #: Statuses are judged over this many evaluations (Burrow's window): 12 x 5 s, a minute.
+    lag_window_evaluations: int = Field(default=12, ge=2, le=1000)
+    #: A partition with lag, no consumer and an offset unchanged this long is STOP.
+    lag_stop_after_s: float = Field(default=60.0, gt=0, le=86_400)
+    #: Head samples kept per partition to estimate lag in seconds; flat runs take two,
+    #: so 120 cover ten minutes of constant traffic at 5 s, far longer when traffic pauses.
+    lag_history_points_max: int = Field(default=120, ge=2, le=10_000)
 
     # Secrets: no usable default outside dev.
     jwt_secret: SecretStr = SecretStr(_DEV_PLACEHOLDER_SECRET)
+
+    # API authentication. Tokens are HS256 JWTs signed with ``jwt_secret``; these name
+    # who issued them and for whom, so a token minted for another service is refused.
+    jwt_issuer: str = Field(default="bankflow", min_length=1)
+    jwt_audience: str = Field(default="bankflow-api", min_length=1)
+    #: Short-lived: a stolen access token is useful for at most this long.
+    access_token_ttl_s: int = Field(default=900, ge=60, le=3600)
+    #: Each refresh token works once and lives this long; a new one comes with each refresh.
+    refresh_token_ttl_s: int = Field(default=8 * 3600, ge=300, le=30 * 24 * 3600)
+    #: PCI DSS 8.3.4: lock an account after at most 10 failed logins, for at least 30 minutes.
+    login_lockout_attempts: int = Field(default=10, ge=1, le=10)
+    login_lockout_s: int = Field(default=1800, ge=1800, le=24 * 3600)
+    #: After this many failed logins, each further attempt waits ``login_delay_base_ms``,
+    #: doubling per failure up to ``login_delay_max_ms`` (a bound a client can wait out).
+    login_slowdown_after_attempts: int = Field(default=3, ge=0, le=10)
+    login_delay_base_ms: int = Field(default=500, ge=0, le=10_000)
+    login_delay_max_ms: int = Field(default=8000, ge=0, le=30_000)
+    #: Request bodies larger than this are refused with 413 (the biggest body, a transfer
+    #: or a registration, is well under 2 KiB).
+    api_body_max_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: PostgreSQL connections the API holds at most (per worker process).
+    api_db_pool_max: int = Field(default=10, ge=1, le=200)
+    #: argon2id cost: "default" is argon2-cffi's (RFC 9106 low-memory profile); "test"
+    #: is its cheapest profile, so tests hash in microseconds. Refused in staging and prod.
+    password_hash_profile: Literal["default", "test"] = "default"
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:
@@ -107,6 +158,12 @@ class Settings(BaseSettings):
             )
         if not self.redis_url:
             self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        _check_retry_tiers(self.retry_tiers)
+        if self.env in ("staging", "prod") and self.password_hash_profile != "default":
+            raise ValueError(
+                f"BANKFLOW_PASSWORD_HASH_PROFILE={self.password_hash_profile} is for tests; "
+                f"BANKFLOW_ENV={self.env} needs the default argon2id cost"
+            )
         if self.env != "dev":
             secret = self.jwt_secret.get_secret_value()
             if secret == _DEV_PLACEHOLDER_SECRET or len(secret) < SECRET_LENGTH_MIN:
@@ -124,6 +181,24 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full Kafka topic name for one of the names in ``schemas.topics``."""
         return f"{self.topic_prefix}{name}"
+
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic bankflow uses with these settings' retry tiers (logical names)."""
+        return all_topics(self.retry_tiers)
+
+
+#: At most this many retry tiers: each one is a topic and a wait before the DLQ.
+RETRY_TIERS_MAX = 5
+
+
+def _check_retry_tiers(tiers: dict[str, int]) -> None:
+    delays = list(tiers.values())
+    if not 1 <= len(tiers) <= RETRY_TIERS_MAX:
+        raise ValueError(f"BANKFLOW_RETRY_TIERS needs 1 to {RETRY_TIERS_MAX} tiers")
+    for name in tiers:
+        retry_topic(name)  # raises on a name that cannot be part of a topic name
+    if any(d <= 0 for d in delays) or delays != sorted(delays):
+        raise ValueError(f"BANKFLOW_RETRY_TIERS delays must be positive and increasing: {tiers}")
 
 
 @lru_cache(maxsize=1)

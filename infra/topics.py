@@ -10,7 +10,6 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from bankflow.bootstrap import kafka_admin
 from bankflow.errors import StackError
 from bankflow.settings import Settings
-from schemas.topics import ALL_TOPICS
 
 #: How long one admin request may take before it is reported as failed.
 ADMIN_TIMEOUT_S = 30
@@ -23,8 +22,9 @@ class TopicInfo:
     created: bool = False
 
 
-def create_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> list[TopicInfo]:
-    """Create every missing topic; an existing one is left as it is (idempotent)."""
+def create_topics(settings: Settings, names: tuple[str, ...] = ()) -> list[TopicInfo]:
+    """Create every missing topic (all of them by default); existing ones stay (idempotent)."""
+    names = names or settings.all_topics()
     admin = kafka_admin(settings)
     wanted = [settings.topic(name) for name in names]
     futures = admin.create_topics(
@@ -51,8 +51,9 @@ def create_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> li
     return [TopicInfo(t, existing.get(t), t in created) for t in wanted]
 
 
-def list_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> list[TopicInfo]:
+def list_topics(settings: Settings, names: tuple[str, ...] = ()) -> list[TopicInfo]:
     """Each of bankflow's topics with its partition count (None when missing)."""
+    names = names or settings.all_topics()
     try:
         metadata = kafka_admin(settings).list_topics(timeout=ADMIN_TIMEOUT_S)
     except KafkaException as exc:

@@ -1,23 +1,32 @@
-"""The validator: ``transfers.requested`` to accepted / rejected, in Kafka transactions.
+"""The validator: ``transfers.requested`` to accepted / review / rejected, in Kafka transactions.
 
-Per batch, one Kafka transaction holds every output (``transfers.accepted``,
-``transfers.rejected``, ``transfers.dlq``) and the input offsets
-(``send_offsets_to_transaction``), so a ``read_committed`` reader sees each
-request's decision exactly once: an aborted batch is invisible and redone.
+Per batch it validates every request (``processors.validation``), checks daily
+limits and scores it with the fraud rules (``processors.fraud``) against the debit
+account's state in Redis, and then one Kafka transaction holds every output
+(``transfers.accepted``, ``transfers.review``, ``transfers.rejected``, a retry tier
+or ``transfers.dlq``) and the input offsets (``send_offsets_to_transaction``), so a
+``read_committed`` reader sees each request's decision exactly once: an aborted
+batch is invisible and redone.
 
-Abortable errors abort the transaction and rewind the consumer to the committed
-offsets; fatal ones (this producer was fenced) rebuild the producer. A database
-outage while loading accounts aborts and retries with backoff.
+The fraud state is written before the transaction commits and is idempotent by
+transfer id, so a redone batch counts nothing twice and decides as before.
+PostgreSQL or Redis being down is a transient failure: the requests that needed
+it go to the next retry tier (the retrier brings them back), the stream goes on.
+Abortable Kafka errors abort the transaction and rewind to the committed offsets;
+fatal ones (this producer was fenced) rebuild the producer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -29,26 +38,43 @@ from confluent_kafka import (
 )
 from pydantic import ValidationError
 
-from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer
+from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer, redis_client
 from bankflow.domain.iban import account_reference_key
-from bankflow.domain.posting import AccountStatus, AccountType
-from bankflow.runtime import (
-    configure_logging,
-    next_offsets,
-    on_stop_signal,
-    run_until_stopped,
+from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
+from bankflow.errors import BankflowError
+from bankflow.failures import (
+    DependencyUnavailable,
+    HeaderList,
+    PoisonMessage,
+    route_failure,
+    without_failure_headers,
 )
+from bankflow.runtime import configure_logging, next_offsets, on_stop_signal
 from bankflow.settings import Settings
-from processors.validation import AccountFacts, validate
-from schemas import headers as h
+from processors.fraud import (
+    AccountState,
+    Activity,
+    Candidate,
+    RuleSet,
+    Verdict,
+    load_ruleset,
+    score,
+)
+from processors.fraud_state import FraudState
+from processors.validation import (
+    AccountFacts,
+    daily_limit_reasons,
+    is_customer_request,
+    validate,
+)
 from schemas.errors import describe
 from schemas.topics import (
     TRANSFERS_ACCEPTED,
-    TRANSFERS_DLQ,
     TRANSFERS_REJECTED,
     TRANSFERS_REQUESTED,
+    TRANSFERS_REVIEW,
 )
-from schemas.transfers import RejectedTransfer, TransferRequest
+from schemas.transfers import AcceptedTransfer, RejectedTransfer, TransferRequest
 
 log = logging.getLogger("bankflow.validator")
 
@@ -57,23 +83,27 @@ log = logging.getLogger("bankflow.validator")
 #: (a restarted instance with the same transactional id aborts it at once).
 TRANSACTION_TIMEOUT_MS = 10_000
 TXN_TIMEOUT_S = 30
+#: A dependency that does not answer within this long counts as down for this batch.
+DB_CONNECT_TIMEOUT_S = 3
+REDIS_TIMEOUT_S = 2
 
 
 class Validator:
     def __init__(
-        self, settings: Settings, consumer: Consumer, conn: psycopg.Connection[Any]
+        self,
+        settings: Settings,
+        consumer: Consumer,
+        fraud_state: FraudState,
+        ruleset: RuleSet,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.conn = conn
+        self.fraud_state = fraud_state
+        self.ruleset = ruleset
+        self.conn: psycopg.Connection[Any] | None = None
         self.producer = self._new_producer()
-        self.topics = {
-            "accepted": settings.topic(TRANSFERS_ACCEPTED),
-            "rejected": settings.topic(TRANSFERS_REJECTED),
-            "dlq": settings.topic(TRANSFERS_DLQ),
-        }
         self.stopping = False
-        self.decisions: dict[str, int] = {"accepted": 0, "rejected": 0, "dead_letters": 0}
+        self.decisions: Counter[str] = Counter()
 
     def _new_producer(self) -> Producer:
         producer = kafka_producer(
@@ -93,15 +123,11 @@ class Validator:
 
     def run(self) -> None:
         self.subscribe()
-        run_until_stopped(self.poll_and_decide, lambda: self.stopping, self._reconnect, log)
-
-    def _reconnect(self) -> None:
-        self.conn.close()
-        self.conn = db_connect(
-            self.settings, application_name="bankflow-validator", autocommit=True
-        )
+        while not self.stopping:
+            self.poll_and_decide()
 
     def poll_and_decide(self) -> int:
+        """One batch: decide every request, then write the outputs and offsets atomically."""
         messages = [
             m for m in self.consumer.consume(
                 self.settings.validator_batch_max, self.settings.validator_batch_wait_ms / 1000)
@@ -109,9 +135,13 @@ class Validator:
         ]  # fmt: skip
         if not messages:
             return 0
+        outputs = self._decide(messages)
         self.producer.begin_transaction()
         try:
-            self._decide(messages)
+            for topic, key, value, headers in outputs:
+                self.producer.produce(
+                    self.settings.topic(topic), key=key, value=value, headers=headers
+                )
             self.producer.send_offsets_to_transaction(
                 next_offsets(messages), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
             )
@@ -119,39 +149,64 @@ class Validator:
         except KafkaException as exc:
             self._recover(exc.args[0])
             return 0
-        except psycopg.OperationalError:
-            self.producer.abort_transaction(TXN_TIMEOUT_S)
-            self._rewind()
-            raise
+        self.decisions.update(topic for topic, *_ in outputs)
         return len(messages)
 
-    def _decide(self, messages: Sequence[Message]) -> None:
-        requests: list[tuple[Message, TransferRequest]] = []
-        for m in messages:
+    def _decide(self, messages: Sequence[Message]) -> list[Output]:
+        """Every output of a batch, in the order of the input.
+
+        Reading accounts (PostgreSQL) and the fraud state (Redis) happens here, before
+        the Kafka transaction; a dependency that is down sends the requests that need
+        it to the next retry tier instead of stopping the stream.
+        """
+        outputs: dict[int, Output] = {}
+        requests: list[tuple[int, Message, TransferRequest]] = []
+        for n, m in enumerate(messages):
             try:
-                requests.append((m, TransferRequest.model_validate_json(m.value() or b"")))
+                requests.append((n, m, TransferRequest.model_validate_json(m.value() or b"")))
             except ValidationError as exc:
-                self._dead_letter(m, "PoisonMessage", describe(exc))
-        accounts = self._load_accounts([r for _, r in requests])
-        for m, request in requests:
+                outputs[n] = self._failed(m, PoisonMessage(describe(exc)))
+        try:
+            accounts = self._load_accounts([r for _, _, r in requests])
+        except psycopg.OperationalError as exc:
+            self.close_connection()
+            error = DependencyUnavailable(f"PostgreSQL: {exc}".strip())
+            outputs.update((n, self._failed(m, error)) for n, m, _ in requests)
+            return [outputs[n] for n in sorted(outputs)]
+        passed: list[Screening] = []
+        for n, m, request in requests:
             decision = validate(request, accounts)
-            if decision.accepted is not None:
-                self.producer.produce(
-                    self.topics["accepted"], key=str(decision.accepted.debit_account_id).encode(),
-                    value=decision.accepted.model_dump_json().encode(), headers=m.headers(),
-                )  # fmt: skip
-                self.decisions["accepted"] += 1
+            if decision.accepted is None:
+                outputs[n] = _rejected(m, request, [r.value for r in decision.reasons])
             else:
-                rejected = RejectedTransfer(
-                    **request.model_dump(), reasons=[r.value for r in decision.reasons]
-                )
-                self.producer.produce(
-                    self.topics["rejected"],
-                    key=m.key(),
-                    value=rejected.model_dump_json().encode(),
-                    headers=m.headers(),
-                )
-                self.decisions["rejected"] += 1
+                debit = accounts[str(decision.accepted.debit_account_id)]
+                passed.append(Screening(n, m, request, decision.accepted, debit, accounts))
+        if passed:
+            outputs.update(self._screen(passed))
+        return [outputs[n] for n in sorted(outputs)]
+
+    def _screen(self, passed: list[Screening]) -> dict[int, Output]:
+        """Daily limits and fraud rules, against the debit accounts' state in Redis."""
+        screened = [s for s in passed if s.debit.type not in INTERNAL_TYPES]
+        outputs = {s.n: _accepted_output(s, None) for s in passed if s not in screened}
+        if not screened:
+            return outputs
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for s in screened:
+            wanted[s.debit_key].add(s.credit_key)
+        try:
+            states = self.fraud_state.load(wanted)
+            outcomes = screen(screened, states, self.ruleset)
+            self.fraud_state.record(
+                outcomes.activity, outcomes.paid, self.ruleset.retention_ms,
+                self.ruleset.history_max,
+            )  # fmt: skip
+        except redis.RedisError as exc:
+            error = DependencyUnavailable(f"Redis: {exc}".strip())
+            outputs.update((s.n, self._failed(s.message, error)) for s in screened)
+            return outputs
+        outputs.update(outcomes.outputs)
+        return outputs
 
     def _load_accounts(self, requests: Sequence[TransferRequest]) -> dict[str, AccountFacts]:
         keys = {
@@ -159,6 +214,13 @@ class Validator:
             for r in requests
             for ref in (r.debit_account, r.credit_account)
         }
+        if not keys:
+            return {}
+        if self.conn is None:
+            self.conn = db_connect(
+                self.settings, application_name="bankflow-validator", autocommit=True,
+                connect_timeout=DB_CONNECT_TIMEOUT_S,
+            )  # fmt: skip
         ids = [k for k in keys if _is_uuid(k)]
         ibans = [k for k in keys if not _is_uuid(k)]
         rows = self.conn.execute(
@@ -174,22 +236,22 @@ class Validator:
             facts[str(account.id)] = facts[account.iban] = account
         return facts
 
-    def _dead_letter(self, message: Message, error_class: str, reason: str) -> None:
-        now = datetime.now(UTC).isoformat()
-        headers = [
-            (h.ORIGINAL_TOPIC, str(message.topic())),
-            (h.ORIGINAL_PARTITION, str(message.partition())),
-            (h.ORIGINAL_OFFSET, str(message.offset())), (h.ATTEMPT, "1"),
-            (h.ERROR_CLASS, error_class), (h.ERROR_MESSAGE, reason[:1000]),
-            (h.FIRST_FAILURE_AT, now),
-        ]  # fmt: skip
-        self.producer.produce(
-            self.topics["dlq"],
-            key=message.key(),
-            value=message.value(),
-            headers=[(k, v.encode()) for k, v in headers],
+    def close_connection(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _failed(self, message: Message, error: BankflowError) -> Output:
+        route = route_failure(
+            origin=(str(message.topic()), message.partition() or 0, message.offset() or 0),
+            headers=message.headers(),
+            error=error,
+            tiers=self.settings.retry_tiers,
+            now=datetime.now(UTC),
         )
-        self.decisions["dead_letters"] += 1
+        if route.dead:
+            log.warning("dead letter after %d attempt(s): %s", route.attempt, error)
+        return (route.topic, message.key(), message.value(), route.headers)
 
     def _recover(self, error: KafkaError) -> None:
         if error.txn_requires_abort():
@@ -213,6 +275,115 @@ class Validator:
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, position))
 
 
+#: One output message: logical topic, key, value, headers.
+Output = tuple[str, bytes | None, bytes | None, HeaderList | None]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Screening:
+    """A request that passed validation, waiting for limits and fraud rules."""
+
+    n: int
+    message: Message
+    request: TransferRequest
+    accepted: AcceptedTransfer
+    debit: AccountFacts
+    accounts: Mapping[str, AccountFacts]
+
+    @property
+    def debit_key(self) -> str:
+        return str(self.accepted.debit_account_id)
+
+    @property
+    def credit_key(self) -> str:
+        return str(self.accepted.credit_account_id)
+
+    def activity(self) -> Activity:
+        return Activity(
+            int(self.request.requested_at.timestamp() * 1000),
+            str(self.request.transfer_id),
+            self.request.amount_minor,
+            self.credit_key,
+        )
+
+
+@dataclass(slots=True)
+class Screened:
+    outputs: dict[int, Output] = field(default_factory=dict)
+    activity: dict[str, list[Activity]] = field(default_factory=lambda: defaultdict(list))
+    paid: dict[str, list[Activity]] = field(default_factory=lambda: defaultdict(list))
+
+
+def screen(
+    passed: Sequence[Screening], states: Mapping[str, AccountState], ruleset: RuleSet
+) -> Screened:
+    """Decide each request in request-time order, each seeing only what came before it."""
+    result = Screened()
+    for s in sorted(passed, key=lambda s: (s.request.requested_at, str(s.request.transfer_id))):
+        state = states[s.debit_key]
+        activity = s.activity()
+        profile = state.profile_before(activity)
+        over = daily_limit_reasons(
+            s.debit.type, profile.day_total_minor(activity.at_ms), activity.amount_minor
+        )
+        if over:
+            result.outputs[s.n] = _rejected(s.message, s.request, [r.value for r in over])
+            continue
+        credit = s.accounts[s.credit_key]
+        verdict = score(
+            Candidate(activity, s.request.currency, credit.iban, is_customer_request(s.request)),
+            profile,
+            ruleset,
+        )
+        paid = verdict.outcome == "accepted"
+        state.add(activity, paid=paid)
+        result.activity[s.debit_key].append(activity)
+        if paid:
+            result.paid[s.debit_key].append(activity)
+        if verdict.outcome == "rejected":
+            result.outputs[s.n] = _rejected(s.message, s.request, verdict.reasons, verdict)
+        else:
+            result.outputs[s.n] = _accepted_output(s, verdict)
+    return result
+
+
+def _accepted_output(s: Screening, verdict: Verdict | None) -> Output:
+    accepted = s.accepted
+    topic = TRANSFERS_ACCEPTED
+    if verdict is not None:
+        accepted = accepted.model_copy(
+            update={
+                "ruleset_version": verdict.ruleset_version,
+                "risk_score": verdict.score,
+                "risk_reasons": verdict.reasons,
+            }
+        )
+        topic = TRANSFERS_REVIEW if verdict.outcome == "review" else TRANSFERS_ACCEPTED
+    return (
+        topic,
+        s.debit_key.encode(),
+        accepted.model_dump_json().encode(),
+        without_failure_headers(s.message.headers()),
+    )
+
+
+def _rejected(
+    message: Message, request: TransferRequest, reasons: list[str], verdict: Verdict | None = None
+) -> Output:
+    rejected = RejectedTransfer(
+        **request.model_dump(),
+        reasons=reasons,
+        ruleset_version=verdict.ruleset_version if verdict else None,
+        risk_score=verdict.score if verdict else 0,
+    )
+    return (
+        TRANSFERS_REJECTED,
+        message.key(),
+        rejected.model_dump_json().encode(),
+        without_failure_headers(message.headers()),
+    )
+
+
 def _usable(message: Message) -> bool:
     error = message.error()
     if error is not None and error.code() != KafkaError._PARTITION_EOF:
@@ -225,21 +396,25 @@ def _is_uuid(text: str) -> bool:
 
 
 def build(settings: Settings) -> Validator:
+    ruleset = load_ruleset(settings.fraud_rules)
     consumer = kafka_consumer(
         settings, group_id=settings.validator_group, **{"session.timeout.ms": 10_000}
     )
-    conn = db_connect(settings, application_name="bankflow-validator", autocommit=True)
-    return Validator(settings, consumer, conn)
+    client = redis_client(
+        settings, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
+    return Validator(settings, consumer, FraudState(client, settings.redis_prefix), ruleset)
 
 
 def run(settings: Settings) -> None:
     """``bankflow run validator``: decide until SIGTERM or SIGINT."""
     configure_logging()
     validator = build(settings)
+    log.info("fraud rules %s from %s", validator.ruleset.version, settings.fraud_rules)
     on_stop_signal(lambda: setattr(validator, "stopping", True))
     try:
         validator.run()
     finally:
         validator.consumer.close()
-        validator.conn.close()
-        log.info("validator stopped: %s", validator.decisions)
+        validator.close_connection()
+        log.info("validator stopped: %s", dict(validator.decisions))

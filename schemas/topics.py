@@ -6,6 +6,8 @@ Names here are logical; the settings' ``topic_prefix`` is put in front of them
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Final
 
 TRANSFERS_REQUESTED: Final = "transfers.requested"
@@ -24,23 +26,35 @@ PAYMENTS_INBOUND: Final = "payments.inbound"
 RETRY_TIERS_S: Final[dict[str, int]] = {"5s": 5, "1m": 60, "10m": 600}
 
 
+#: A tier's name becomes part of a topic name: short, lower case, no dots.
+TIER_NAME_PATTERN: Final = r"^[a-z0-9]{1,16}$"
+
+
 def retry_topic(tier: str) -> str:
     """The retry topic of one tier, e.g. ``transfers.retry.5s``."""
-    if tier not in RETRY_TIERS_S:
-        raise ValueError(f"unknown retry tier {tier!r}; known tiers: {', '.join(RETRY_TIERS_S)}")
+    if not re.fullmatch(TIER_NAME_PATTERN, tier):
+        raise ValueError(f"retry tier name {tier!r} must match {TIER_NAME_PATTERN}")
     return f"transfers.retry.{tier}"
 
 
-#: Every topic ``bankflow topics create`` makes, in the order of the flow.
-ALL_TOPICS: Final[tuple[str, ...]] = (
-    TRANSFERS_REQUESTED,
-    TRANSFERS_ACCEPTED,
-    TRANSFERS_REJECTED,
-    TRANSFERS_REVIEW,
-    TRANSFERS_POSTED,
-    TRANSFERS_FAILED,
-    *(retry_topic(tier) for tier in RETRY_TIERS_S),
-    TRANSFERS_DLQ,
-    PAYMENTS_OUTBOUND,
-    PAYMENTS_INBOUND,
-)
+def all_topics(tiers: Iterable[str] = RETRY_TIERS_S) -> tuple[str, ...]:
+    """Every topic ``bankflow topics create`` makes, in the order of the flow.
+
+    The retry tiers are configurable (``Settings.retry_tiers``), hence a function.
+    """
+    return (
+        TRANSFERS_REQUESTED,
+        TRANSFERS_ACCEPTED,
+        TRANSFERS_REJECTED,
+        TRANSFERS_REVIEW,
+        TRANSFERS_POSTED,
+        TRANSFERS_FAILED,
+        *(retry_topic(tier) for tier in tiers),
+        TRANSFERS_DLQ,
+        PAYMENTS_OUTBOUND,
+        PAYMENTS_INBOUND,
+    )
+
+
+#: The topics with the default retry tiers.
+ALL_TOPICS: Final[tuple[str, ...]] = all_topics()

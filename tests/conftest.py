@@ -158,6 +158,8 @@ def settings(stack: StackEndpoints, test_id: str) -> Settings:
         redis_prefix=f"test:{test_id}:",
         poster_group=f"test-{test_id}-poster",
         validator_group=f"test-{test_id}-validator",
+        retrier_group=f"test-{test_id}-retrier",
+        tracker_group=f"test-{test_id}-tracker",
     )
 
 
@@ -169,7 +171,6 @@ def topics(settings: Settings) -> Iterator[Callable[..., list[str]]]:
     """
     from bankflow.bootstrap import kafka_admin
     from infra.topics import create_topics
-    from schemas.topics import ALL_TOPICS
 
     made: list[str] = []
 
@@ -177,7 +178,7 @@ def topics(settings: Settings) -> Iterator[Callable[..., list[str]]]:
         chosen = settings.model_copy(
             update={"topic_partitions": partitions or settings.topic_partitions}
         )
-        infos = create_topics(chosen, names or ALL_TOPICS)
+        infos = create_topics(chosen, names)
         made.extend(info.name for info in infos)
         return [info.name for info in infos]
 

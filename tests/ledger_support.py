@@ -9,6 +9,7 @@ expected ledger in advance and compare the real one to it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -44,6 +45,11 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "BANKFLOW_REDIS_PREFIX": settings.redis_prefix,
             "BANKFLOW_POSTER_GROUP": settings.poster_group,
             "BANKFLOW_VALIDATOR_GROUP": settings.validator_group,
+            "BANKFLOW_RETRIER_GROUP": settings.retrier_group,
+            "BANKFLOW_TRACKER_GROUP": settings.tracker_group,
+            "BANKFLOW_RETRY_TIERS": json.dumps(settings.retry_tiers),
+            "BANKFLOW_REVIEW_TIMEOUT_S": str(settings.review_timeout_s),
+            "BANKFLOW_FRAUD_RULES": str(settings.fraud_rules),
             "BANKFLOW_VALIDATOR_BATCH_MAX": str(settings.validator_batch_max),
             "BANKFLOW_INSTANCE_ID": settings.instance_id,
             "BANKFLOW_INBOX": str(settings.inbox),

@@ -25,9 +25,21 @@ def test_retry_tiers_wait_longer_each_time() -> None:
     assert len(set(delays)) == len(delays)
 
 
-def test_an_unknown_retry_tier_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="unknown retry tier '2h'"):
-        retry_topic("2h")
+def test_a_retry_tier_name_that_cannot_be_part_of_a_topic_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="retry tier name 'two hours'"):
+        retry_topic("two hours")
+
+
+def test_settings_refuse_retry_tiers_that_do_not_wait_longer_each_time() -> None:
+    from bankflow.settings import Settings
+
+    with pytest.raises(ValueError, match="positive and increasing"):
+        Settings(retry_tiers={"a": 10, "b": 5})
+    with pytest.raises(ValueError, match="1 to 5 tiers"):
+        Settings(retry_tiers={})
+    custom = Settings(retry_tiers={"fast": 1, "slow": 3})
+    assert "transfers.retry.fast" in custom.all_topics()
+    assert "transfers.retry.5s" not in custom.all_topics()
 
 
 def test_event_ids_are_stable_distinct_and_version_5() -> None:

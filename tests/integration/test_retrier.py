@@ -1,0 +1,79 @@
+"""The retrier against the real broker: waits per partition, sends back exactly once."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bankflow.bootstrap import kafka_producer
+from bankflow.failures import header_map
+from processors.retrier import build
+from schemas import headers as h
+from schemas.topics import TRANSFERS_DLQ, TRANSFERS_REQUESTED, retry_topic
+from tests.integration.test_validator import read_committed
+
+pytestmark = pytest.mark.timeout(120)
+TIERS = {"fast": 1, "slow": 3}
+
+
+def retried(origin: str, not_before: datetime | None, attempt: int = 1) -> list:
+    headers = [(h.ORIGINAL_TOPIC, origin), (h.ATTEMPT, str(attempt)), (h.ERROR_CLASS, "X")]
+    if not_before is not None:
+        headers.append((h.NOT_BEFORE, not_before.isoformat()))
+    return [(k, v.encode()) for k, v in headers]
+
+
+def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
+    settings, topics
+) -> None:
+    settings = settings.model_copy(update={"retry_tiers": TIERS})
+    topics(TRANSFERS_REQUESTED, TRANSFERS_DLQ, *(retry_topic(t) for t in TIERS))
+    origin = settings.topic(TRANSFERS_REQUESTED)
+    now = datetime.now(UTC)
+    later = now + timedelta(seconds=3)
+    producer = kafka_producer(settings)
+    fast = settings.topic(retry_topic("fast"))
+    producer.produce(fast, key=b"a", value=b"waits-1", headers=retried(origin, later), partition=0)
+    producer.produce(fast, key=b"a", value=b"waits-2", headers=retried(origin, later), partition=0)
+    producer.produce(fast, key=b"b", value=b"due", headers=retried(origin, now), partition=1)
+    producer.produce(fast, key=b"c", value=b"no-time", headers=retried(origin, None), partition=2)
+    slow = settings.topic(retry_topic("slow"))
+    producer.produce(slow, key=b"d", value=b"due-2", headers=retried(origin, now, 2), partition=0)
+    assert producer.flush(30) == 0
+
+    retrier = build(settings)
+    retrier.subscribe()
+    deadline = time.monotonic() + 60
+    try:
+        while sum(retrier.sent.values()) < 5 and time.monotonic() < deadline:
+            retrier.step()
+        assert retrier.paused == {}
+    finally:
+        retrier.consumer.close()
+
+    out = read_committed(settings, TRANSFERS_REQUESTED, TRANSFERS_DLQ, expected=5)
+    back = {m.value(): m for m in out[TRANSFERS_REQUESTED]}
+    assert sorted(back) == [b"due", b"due-2", b"waits-1", b"waits-2"]
+    # Order within the partition is kept, and nothing came back before its time.
+    assert back[b"waits-1"].offset() < back[b"waits-2"].offset()
+    for name in (b"waits-1", b"waits-2"):
+        _kind, sent_ms = back[name].timestamp()
+        assert sent_ms >= int(later.timestamp() * 1000)
+    # Headers travel on (the attempt count decides the next tier), the spent time does not.
+    headers = header_map(back[b"due-2"].headers())
+    assert headers[h.ATTEMPT] == "2" and h.NOT_BEFORE not in headers
+    (dead,) = out[TRANSFERS_DLQ]
+    assert dead.value() == b"no-time"
+    assert "not-before" in header_map(dead.headers())[h.ERROR_MESSAGE]
+
+    # Exactly once: a new retrier in the same group finds nothing left to send.
+    again = build(settings)
+    again.subscribe()
+    try:
+        for _ in range(5):
+            again.step()
+    finally:
+        again.consumer.close()
+    assert sum(again.sent.values()) == 0
