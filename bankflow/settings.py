@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     api_db_pool_max: int = Field(default=10, ge=1, le=200)
     #: argon2id cost: "default" is argon2-cffi's (RFC 9106 low-memory profile); "test"
     #: is its cheapest profile, so tests hash in microseconds. Refused in staging and prod.
-    password_hash_profile: Literal["default", "test"] = "default"
+    password_hash_profile: Literal["default", "test"] = "default"  # noqa: S105 - a cost name
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:
@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         if not self.redis_url:
             self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         _check_retry_tiers(self.retry_tiers)
-        if self.env in ("staging", "prod") and self.password_hash_profile != "default":
+        if self.env in ("staging", "prod") and self.password_hash_profile != "default":  # noqa: S105
             raise ValueError(
                 f"BANKFLOW_PASSWORD_HASH_PROFILE={self.password_hash_profile} is for tests; "
                 f"BANKFLOW_ENV={self.env} needs the default argon2id cost"
