@@ -11,8 +11,10 @@ from typing import Any
 
 import psycopg
 import redis
+import redis.asyncio
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
+from psycopg_pool import AsyncConnectionPool
 
 from bankflow.settings import Settings
 
@@ -72,3 +74,50 @@ def db_connect(
 
 def redis_client(settings: Settings, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, **kwargs)
+
+
+def db_pool_async(
+    settings: Settings,
+    *,
+    max_size: int,
+    application_name: str = "bankflow-api",
+    timeout_s: float = 5.0,
+) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """An async pool of autocommit connections whose search path is the configured schema.
+
+    Returned closed: ``await pool.open()``. Connections are in autocommit mode, so
+    several statements that must hold together go in ``async with conn.transaction()``.
+    A connection is checked before it is handed out (one round trip), so a PostgreSQL
+    restart costs no failed request. Waiting longer than ``timeout_s`` for a free
+    connection raises ``PoolTimeout``.
+    """
+    return AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=timeout_s,
+        check=AsyncConnectionPool.check_connection,
+        kwargs={
+            "options": f"-c search_path={settings.db_schema}",
+            "application_name": application_name,
+            "autocommit": True,
+        },
+    )
+
+
+async def db_connect_async(
+    settings: Settings, *, application_name: str = "bankflow", **kwargs: Any
+) -> psycopg.AsyncConnection[Any]:
+    """An async PostgreSQL connection whose search path is the configured schema."""
+    return await psycopg.AsyncConnection.connect(
+        settings.database_url,
+        options=f"-c search_path={settings.db_schema}",
+        application_name=application_name,
+        **kwargs,
+    )
+
+
+def redis_async(settings: Settings, **kwargs: Any) -> redis.asyncio.Redis:
+    """An asyncio Redis client (the API's); ``kwargs`` set timeouts and the like."""
+    return redis.asyncio.Redis.from_url(settings.redis_url, **kwargs)
