@@ -16,10 +16,13 @@ from bankflow.settings import Settings
 SERVICES: dict[str, str] = {
     "api": "api.app:serve",
     "validator": "processors.validator:run",
+    "retrier": "processors.retrier:run",
     "poster": "consumers.poster:run",
     "relay": "consumers.relay:run",
     "inbox-watcher": "producers.ingest.watcher:run",
     "dlq-sink": "consumers.dlq_sink:run",
+    "lag-exporter": "consumers.lag_exporter:run",
+    "tracker": "consumers.tracker:run",
 }
 
 #: Not a service of the bank: ``run all --demo`` adds it to feed demo traffic.

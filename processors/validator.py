@@ -171,6 +171,7 @@ class Validator:
         except psycopg.OperationalError as exc:
             self.close_connection()
             error = DependencyUnavailable(f"PostgreSQL: {exc}".strip())
+            log.warning("%s; %d request(s) to the retry tiers", error, len(requests))
             outputs.update((n, self._failed(m, error)) for n, m, _ in requests)
             return [outputs[n] for n in sorted(outputs)]
         passed: list[Screening] = []
@@ -203,6 +204,7 @@ class Validator:
             )  # fmt: skip
         except redis.RedisError as exc:
             error = DependencyUnavailable(f"Redis: {exc}".strip())
+            log.warning("%s; %d request(s) to the retry tiers", error, len(screened))
             outputs.update((s.n, self._failed(s.message, error)) for s in screened)
             return outputs
         outputs.update(outcomes.outputs)

@@ -91,7 +91,7 @@ def run_validator_until(settings: Settings, decisions: int, polls_max: int = 400
                 break
     finally:
         validator.consumer.close()
-        validator.conn.close()
+        validator.close_connection()
     return validator
 
 

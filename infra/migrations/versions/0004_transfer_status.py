@@ -20,7 +20,8 @@ depends_on = None
 UPGRADE = """
 create table transfer_status (
     transfer_id      uuid primary key,
-    source           text not null,
+    -- Unknown until a message that carries it arrives (a ledger event may come first).
+    source           text,
     requested_by     text,
     debit_account    text not null,
     credit_account   text not null,
@@ -40,6 +41,13 @@ create table transfer_status (
 -- ``GET /v1/transfers``: a requester's transfers, newest first.
 create index transfer_status_by_requester
     on transfer_status (requested_by, requested_at desc, transfer_id desc);
+
+-- Statuses only move forward, whatever order the tracker sees the topics in:
+-- requested < review < accepted < a terminal status.
+create function transfer_status_rank(status text) returns integer
+    language sql immutable strict
+    return case status when 'requested' then 0 when 'review' then 1 when 'accepted' then 2
+                       else 3 end;
 
 -- Each status a transfer reached, once (the tracker may see an outcome twice).
 create table transfer_status_history (
@@ -78,4 +86,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("drop table review_queue; drop table transfer_status_history;")
-    op.execute("drop table transfer_status;")
+    op.execute("drop table transfer_status; drop function transfer_status_rank(text);")

@@ -1,0 +1,249 @@
+"""The tracker: every transfer's status, from the topics into PostgreSQL.
+
+It reads the requests, the validator's decisions and the ledger's events and keeps
+``transfer_status`` (one row per transfer, what ``GET /v1/transfers/{id}`` answers)
+with its history; held transfers also enter ``review_queue``. Statuses only move
+forward (``transfer_status_rank`` in the database), so the order in which the topics
+are read does not matter, and every write is idempotent: the tracker is
+at-least-once, committing its Kafka offsets after the database transaction.
+
+Every ``REVIEW_TIMEOUT_CHECK_S`` it also rejects held transfers that no reviewer
+decided within ``review_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Message
+from pydantic import ValidationError
+
+from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.review import expire_reviews
+from bankflow.runtime import configure_logging, next_offsets, on_stop_signal, run_until_stopped
+from bankflow.settings import Settings
+from schemas.topics import (
+    TRANSFERS_ACCEPTED,
+    TRANSFERS_FAILED,
+    TRANSFERS_POSTED,
+    TRANSFERS_REJECTED,
+    TRANSFERS_REQUESTED,
+    TRANSFERS_REVIEW,
+)
+from schemas.transfers import AcceptedTransfer, RejectedTransfer, TransferEvent, TransferRequest
+
+log = logging.getLogger("bankflow.tracker")
+
+BATCH_MAX = 2000
+BATCH_WAIT_S = 0.1
+#: How often held transfers are checked against the review timeout.
+REVIEW_TIMEOUT_CHECK_S = 5.0
+
+TRACKED = (
+    TRANSFERS_REQUESTED, TRANSFERS_ACCEPTED, TRANSFERS_REVIEW, TRANSFERS_REJECTED,
+    TRANSFERS_POSTED, TRANSFERS_FAILED,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    transfer_id: Any
+    status: str
+    at: datetime
+    source: str | None
+    requested_by: str | None
+    debit_account: str
+    credit_account: str
+    amount_minor: int
+    currency: str
+    description: str
+    category: str | None
+    tags: list[str]
+    reasons: list[str]
+    ruleset_version: str | None
+    risk_score: int | None
+    requested_at: datetime
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.transfer_id, self.source, self.requested_by, self.debit_account,
+            self.credit_account, self.amount_minor, self.currency, self.description,
+            self.category, self.tags, self.status, self.reasons, self.ruleset_version,
+            self.risk_score, self.requested_at,
+        )  # fmt: skip
+
+
+UPSERT_SQL = """
+insert into transfer_status (transfer_id, source, requested_by, debit_account, credit_account,
+    amount_minor, currency, description, category, tags, status, reasons, ruleset_version,
+    risk_score, requested_at)
+values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+on conflict (transfer_id) do update set
+    status = case when transfer_status_rank(excluded.status)
+                       > transfer_status_rank(transfer_status.status)
+                  then excluded.status else transfer_status.status end,
+    reasons = case when transfer_status_rank(excluded.status)
+                        > transfer_status_rank(transfer_status.status)
+                   then excluded.reasons else transfer_status.reasons end,
+    ruleset_version = coalesce(excluded.ruleset_version, transfer_status.ruleset_version),
+    risk_score = coalesce(excluded.risk_score, transfer_status.risk_score),
+    source = coalesce(transfer_status.source, excluded.source),
+    requested_by = coalesce(transfer_status.requested_by, excluded.requested_by),
+    updated_at = now()
+"""
+HISTORY_SQL = (
+    "insert into transfer_status_history (transfer_id, status, reasons, at) "
+    "values (%s, %s, %s, %s) on conflict do nothing"
+)
+REVIEW_SQL = (
+    "insert into review_queue (transfer_id, payload, debit_account_id, amount_minor, currency, "
+    "risk_score, reasons, ruleset_version) values (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "on conflict (transfer_id) do nothing"
+)
+
+
+def status_update(topic: str, value: bytes) -> StatusUpdate:
+    """What one message says about its transfer (``ValidationError`` if it is not valid)."""
+    if topic == TRANSFERS_REQUESTED:
+        r = TransferRequest.model_validate_json(value)
+        return _update(r, "requested", r.requested_at, r.debit_account, r.credit_account)
+    if topic in (TRANSFERS_ACCEPTED, TRANSFERS_REVIEW):
+        a = AcceptedTransfer.model_validate_json(value)
+        status = "review" if topic == TRANSFERS_REVIEW else "accepted"
+        return _update(
+            a, status, a.requested_at, str(a.debit_account_id), str(a.credit_account_id),
+            reasons=a.risk_reasons, ruleset_version=a.ruleset_version, risk_score=a.risk_score,
+        )  # fmt: skip
+    if topic == TRANSFERS_REJECTED:
+        j = RejectedTransfer.model_validate_json(value)
+        return _update(
+            j, "rejected", j.decided_at, j.debit_account, j.credit_account, reasons=j.reasons,
+            ruleset_version=j.ruleset_version, risk_score=j.risk_score or None,
+        )  # fmt: skip
+    e = TransferEvent.model_validate_json(value)
+    return StatusUpdate(
+        e.transfer_id, e.status, e.occurred_at, None, None, str(e.debit_account_id),
+        str(e.credit_account_id), e.amount_minor, e.currency, "", None, [],
+        [e.reason] if e.reason else [], None, None, e.requested_at,
+    )  # fmt: skip
+
+
+def _update(
+    message: Any,
+    status: str,
+    at: datetime,
+    debit: str,
+    credit: str,
+    *,
+    reasons: Sequence[str] = (),
+    ruleset_version: str | None = None,
+    risk_score: int | None = None,
+) -> StatusUpdate:
+    return StatusUpdate(
+        message.transfer_id, status, at, message.source.value, message.requested_by, debit,
+        credit, message.amount_minor, message.currency, message.description, message.category,
+        list(message.tags), list(reasons), ruleset_version, risk_score, message.requested_at,
+    )  # fmt: skip
+
+
+class Tracker:
+    def __init__(
+        self, settings: Settings, consumer: Consumer, conn: psycopg.Connection[Any]
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.conn = conn
+        self.logical = {settings.topic(t): t for t in TRACKED}
+        self.stopping = False
+        self.seen: Counter[str] = Counter()
+        self.next_expiry_check = 0.0
+
+    def run(self) -> None:
+        self.consumer.subscribe(list(self.logical))
+        run_until_stopped(self.step, lambda: self.stopping, self._reconnect, log)
+
+    def _reconnect(self) -> None:
+        self.conn.close()
+        self.conn = _connect(self.settings)
+
+    def step(self) -> int:
+        messages = [m for m in self.consumer.consume(BATCH_MAX, BATCH_WAIT_S) if _usable(m)]
+        if messages:
+            self.write(messages)
+            self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+        if time.monotonic() >= self.next_expiry_check:
+            expired = expire_reviews(self.conn, self.settings)
+            if expired:
+                log.info("%d held transfer(s) rejected: review_timeout", expired)
+            self.next_expiry_check = time.monotonic() + REVIEW_TIMEOUT_CHECK_S
+        return len(messages)
+
+    def write(self, messages: Sequence[Message]) -> None:
+        """One database transaction for the batch's statuses, history and held transfers."""
+        updates, held = [], []
+        for m in messages:
+            logical = self.logical[str(m.topic())]
+            try:
+                update = status_update(logical, m.value() or b"")
+            except ValidationError as exc:
+                # Not ours to judge: the stage that reads this topic dead-letters it.
+                log.warning("unreadable message on %s: %s", m.topic(), exc.errors()[:1])
+                continue
+            updates.append(update)
+            self.seen[update.status] += 1
+            if update.status == "review":
+                held.append((m.value() or b"", update))
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            # Rows in id order: two trackers never wait on each other in opposite orders.
+            updates.sort(key=lambda u: (str(u.transfer_id), u.status))
+            cursor.executemany(UPSERT_SQL, [u.row() for u in updates])
+            cursor.executemany(
+                HISTORY_SQL, [(u.transfer_id, u.status, u.reasons, u.at) for u in updates]
+            )
+            cursor.executemany(
+                REVIEW_SQL,
+                [
+                    (u.transfer_id, payload, u.debit_account, u.amount_minor, u.currency,
+                     u.risk_score or 0, u.reasons, u.ruleset_version or "unknown")
+                    for payload, u in held
+                ],
+            )  # fmt: skip
+
+
+def _usable(message: Message) -> bool:
+    error = message.error()
+    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+        log.error("consumer error: %s", error)
+    return error is None
+
+
+def build(settings: Settings) -> Tracker:
+    consumer = kafka_consumer(
+        settings, group_id=settings.tracker_group, **{"session.timeout.ms": 10_000}
+    )
+    return Tracker(settings, consumer, _connect(settings))
+
+
+def _connect(settings: Settings) -> psycopg.Connection[Any]:
+    # Autocommit: each batch is one explicit transaction, and nothing is left open between.
+    return db_connect(settings, application_name="bankflow-tracker", autocommit=True)
+
+
+def run(settings: Settings) -> None:
+    """``bankflow run tracker``: keep transfer statuses and the review queue current."""
+    configure_logging()
+    tracker = build(settings)
+    on_stop_signal(lambda: setattr(tracker, "stopping", True))
+    try:
+        tracker.run()
+    finally:
+        tracker.consumer.close()
+        tracker.conn.close()
+        log.info("tracker stopped: %s", dict(tracker.seen))
