@@ -296,3 +296,60 @@ def test_partitions_no_longer_read_are_forgotten() -> None:
     assert set(tracker._windows) == {("g", "t", 0)}
     assert set(tracker._heads) == {("t", 0)}
 
+
+# ------------------------------------------------- the exporter's endpoints
+
+
+def test_bankflow_lag_reads_back_what_the_exporter_serves() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bankflow.domain.lag import GroupLag, PartitionLag
+    from bankflow.settings import Settings
+    from consumers.lag import lag_document, monitored_groups
+    from consumers.lag_exporter import LagMetrics, document_from_metrics
+
+    settings = Settings(topic_prefix="t.", poster_group="p", validator_group="v")
+    groups = [
+        GroupLag(
+            g.name,
+            g.group_id,
+            LagStatus.STOP if g.name == "poster" else LagStatus.OK,
+            (
+                PartitionLag(g.topics[0][0], 0, 10, 1010, 1000, 12.5, LagStatus.STOP),
+                PartitionLag(g.topics[-1][0], 1, None, 0, 0, 0.0, LagStatus.OK),
+            ),
+        )
+        for g in monitored_groups(settings)
+    ]
+    registry = CollectorRegistry()
+    LagMetrics(registry).update(groups)
+    served = generate_latest(registry).decode()
+    assert 'bankflow_consumer_group_status{group="p",status="STOP"} 1.0' in served
+    assert document_from_metrics(served, settings) == lag_document(groups, "exporter")
+    # Another configuration's exporter (other group ids) is not taken for ours.
+    other = Settings(topic_prefix="t.", poster_group="other", validator_group="v")
+    assert document_from_metrics(served, other) is None
+
+
+def test_health_endpoints_answer_for_the_readiness_callable() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from bankflow.observability import health_app
+
+    def call(app: object, path: str) -> tuple[str, bytes]:
+        answer: list[str] = []
+        body = app({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, lambda s, h: answer.append(s))  # type: ignore[operator]
+        return answer[0], b"".join(body)
+
+    ready = {"now": False}
+    app = health_app(lambda: ready["now"], CollectorRegistry())
+    assert call(app, "/healthz")[0] == "200 OK"
+    assert call(app, "/readyz")[0].startswith("503")
+    ready["now"] = True
+    assert call(app, "/readyz")[0] == "200 OK"
+    assert call(app, "/nope")[0].startswith("404")
+
+    def broken() -> bool:
+        raise RuntimeError("the check itself failed")
+
+    assert call(health_app(broken, CollectorRegistry()), "/readyz")[0].startswith("503")
