@@ -579,6 +579,104 @@ def dlq_discard(
     console.print(f"discarded dead letter {dead_letter_id}")
 
 
+# --------------------------------------------------------------------- lag
+
+#: How often ``bankflow lag --watch`` refreshes: often enough to watch a backlog drain.
+LAG_WATCH_INTERVAL_S = 2.0
+_STATUS_COLOURS = {"OK": "green", "WARN": "yellow", "STALL": "red", "STOP": "red"}
+
+
+@app.command("lag")
+def lag(
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help=f"Refresh every {LAG_WATCH_INTERVAL_S:g} s until Ctrl-C."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Consumer lag of every group of ours: messages, seconds and status (OK/WARN/STALL/STOP).
+
+    Shows what the running lag exporter reports; without one, measures directly.
+    """
+    from consumers.lag import LagMonitor, build_monitor, lag_document
+    from consumers.lag_exporter import read_exporter
+
+    settings = _settings()
+    monitor: LagMonitor | None = None
+
+    def snapshot() -> dict[str, Any]:
+        nonlocal monitor
+        document = read_exporter(settings)
+        if document is not None:
+            return document
+        monitor = monitor or build_monitor(settings)
+        return lag_document(monitor.evaluate(), "direct")
+
+    try:
+        if not watch:
+            document = snapshot()
+            _print_json(document) if as_json else Console().print(_lag_table(document, settings))
+            return
+        if as_json:
+            while True:
+                sys.stdout.write(json.dumps(snapshot(), default=str) + "\n")
+                sys.stdout.flush()
+                time.sleep(LAG_WATCH_INTERVAL_S)
+        from rich.live import Live
+
+        with Live(_lag_table(snapshot(), settings), console=Console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(LAG_WATCH_INTERVAL_S)
+                live.update(_lag_table(snapshot(), settings), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if monitor is not None:
+            monitor.close()
+
+
+def _lag_table(document: dict[str, Any], settings: Settings) -> Table:
+    if document["source"] == "exporter":
+        caption = f"from the lag exporter on port {settings.lag_exporter_port}"
+    else:
+        caption = (
+            f"measured directly: no lag exporter answers on port {settings.lag_exporter_port}; "
+            "statuses and lag in seconds need a window of evaluations, which --watch builds up"
+        )
+    table = Table(
+        "group",
+        "status",
+        "topic",
+        "partition",
+        "committed",
+        "end",
+        "lag",
+        "lag (s)",
+        caption=caption,
+    )
+    for column in table.columns:
+        column.overflow = "fold"
+    for group in document["groups"]:
+        colour = _STATUS_COLOURS.get(group["status"], "white")
+        status = f"[{colour}]{group['status']}[/{colour}]"
+        if not group["partitions"]:
+            table.add_row(group["group_id"], status, "[dim]no partitions (no topic?)[/dim]")
+        for i, p in enumerate(group["partitions"]):
+            committed = p["committed_offset"]
+            table.add_row(
+                group["group_id"] if i == 0 else "",
+                status if i == 0 else "",
+                p["topic"],
+                str(p["partition"]),
+                "-" if committed is None else str(committed),
+                str(p["end_offset"]),
+                f"{p['lag_messages']:,}",
+                f"{p['lag_seconds']:.1f}",
+            )
+        table.add_section()
+    return table
+
+
 # --------------------------------------------------------------------- run
 
 
