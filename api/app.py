@@ -1,34 +1,90 @@
-"""The FastAPI application. Routes arrive resource by resource under ``api/routes/``.
+"""The FastAPI application.
 
-For now it serves health checks: ``/healthz`` (the process is alive) and
-``/readyz`` (Kafka, PostgreSQL and Redis answer), which load balancers and
-``bankflow run all`` use.
+``/healthz`` (the process is alive) and ``/readyz`` (Kafka, PostgreSQL and Redis
+answer) serve load balancers and ``bankflow run all``; resources live under
+``/v1``, one router module each in ``api/routes/`` (see ``api.routes.ROUTERS``),
+with their dependencies in ``api.deps``. Every error is a problem document
+(``api.problems``); request bodies are limited to ``BANKFLOW_API_BODY_MAX_BYTES``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
+from api import problems
+from api.context import ApiContext
+from api.deps import Public
+from api.middleware import BodySizeLimit, UnexpectedErrors
+from api.openapi import openapi_builder
+from api.routes import ROUTERS
 from bankflow.bootstrap import db_connect, kafka_admin, redis_client
 from bankflow.settings import Settings, get_settings
 
 #: A readiness probe answers within a load balancer's usual 5 s timeout.
 PROBE_TIMEOUT_S = 3
+API_PREFIX = "/v1"
+DESCRIPTION = """\
+Transfers over HTTP for bankflow's client apps.
+
+Sign in with `POST /v1/auth/token` (OAuth2 password flow, the email as `username`)
+and send the access token as `Authorization: Bearer <token>`. Each operation says
+which roles may call it (`x-roles`) or that it needs no token (`x-public`).
+Errors are RFC 9457 problem documents (`application/problem+json`) with a stable
+`type`; validation errors list each failing field and the reason.
+"""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="bankflow", version="0.1.0", docs_url="/docs")
 
-    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        context = await ApiContext.open(settings)
+        app.state.context = context
+        try:
+            yield
+        finally:
+            await context.close()
+
+    app = FastAPI(
+        title="bankflow",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    # Added last, so outermost of the two: a body that is too large is refused before
+    # anything else looks at it, and any error left over becomes a 500 problem.
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_body_max_bytes)
+    _add_health_checks(app, settings)
+    v1 = APIRouter(prefix=API_PREFIX)
+    for router in ROUTERS:
+        v1.include_router(router)
+    app.include_router(v1)
+    app.openapi = openapi_builder(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_health_checks(app: FastAPI, settings: Settings) -> None:
+    @app.get("/healthz", tags=["ops"], summary="The process is alive", dependencies=[Public])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Kafka, PostgreSQL and Redis answer")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Kafka, PostgreSQL and Redis answer",
+        dependencies=[Public],
+    )
     async def readyz() -> JSONResponse:
         checks = await asyncio.to_thread(_dependency_checks, settings)
         ready = all(value == "ok" for value in checks.values())
@@ -36,8 +92,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"status": "ok" if ready else "unavailable", "checks": checks},
             status_code=200 if ready else 503,
         )
-
-    return app
 
 
 def _dependency_checks(settings: Settings) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class RegisterRequest(BaseModel):
             "examples": [
                 {
                     "email": "ada@example.com",
-                    "password": "correct horse battery staple",
+                    "password": "plum-orbit-lantern-42",
                     "full_name": "Ada Lovelace",
                 }
             ]
@@ -85,7 +85,7 @@ class TokenForm(BaseModel):
                 {
                     "grant_type": "password",
                     "username": "ada@example.com",
-                    "password": "correct horse battery staple",
+                    "password": "plum-orbit-lantern-42",
                 }
             ]
         },
