@@ -33,6 +33,8 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, show, replay, discard.")
 app.add_typer(dlq_app, name="dlq")
+users_app = typer.Typer(no_args_is_help=True, help="API users: customers and staff.")
+app.add_typer(users_app, name="users")
 
 console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
@@ -696,6 +698,80 @@ def run(
         console.print(f"[red]unknown service {service!r}[/red]; known: {known}")
         raise typer.Exit(2)
     entry_point(service)(settings)
+
+
+# ------------------------------------------------------------------- users
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="The email the user signs in with.")],
+    role: Annotated[str, typer.Option(help="customer, teller, reviewer, auditor or admin.")],
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompted for (twice, hidden) when left out, which keeps it out of the "
+            "shell's history."
+        ),
+    ] = None,
+    full_name: Annotated[
+        str | None, typer.Option(help="The person's name; required for a customer.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a user: the first admin, other staff, or a customer (with a customer record)."""
+    import asyncio
+    import re
+
+    from bankflow.bootstrap import db_connect_async
+    from bankflow.identity.passwords import password_hasher
+    from bankflow.identity.policy import password_problem
+    from bankflow.identity.store import User, create_user
+    from schemas.auth import EMAIL_PATTERN, ROLES, normalize_email
+
+    email = normalize_email(email)
+    if role not in ROLES:
+        console.print(f"[red]--role must be one of {', '.join(ROLES)}[/red]")
+        raise typer.Exit(2)
+    if not re.match(EMAIL_PATTERN, email):
+        console.print(f"[red]{email!r} is not an email address[/red]")
+        raise typer.Exit(2)
+    if role == "customer" and not full_name:
+        console.print("[red]a customer needs --full-name[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    problem = password_problem(password, email)
+    if problem is not None:
+        console.print(f"[red]the password {problem}[/red]")
+        raise typer.Exit(2)
+    password_hash = password_hasher(settings.password_hash_profile).hash(password)
+
+    async def create() -> User:
+        conn = await db_connect_async(settings, autocommit=True)
+        try:
+            return await create_user(
+                conn,
+                email=email,
+                password_hash=password_hash,
+                role=role,  # narrowed by the check against ROLES above
+                full_name=full_name,
+            )
+        finally:
+            await conn.close()
+
+    user = asyncio.run(create())
+    document = {
+        "id": str(user.id),
+        "email": user.email,
+        "role": user.role,
+        "customer_id": str(user.customer_id) if user.customer_id else None,
+    }
+    if as_json:
+        _print_json(document)
+    else:
+        console.print(f"created {user.role} {user.email} (user {user.id})", highlight=False)
 
 
 def main() -> None:
