@@ -479,10 +479,31 @@ def bench_ingest(
     Console().print(table)
 
 
+@bench_app.command("validator")
+def bench_validator(
+    requests: Annotated[int, typer.Option(help="Requests per measurement.")] = 100_000,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds; medians reported.")] = 3,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validator decisions per second next to a bare transactional loop."""
+    from bench.validator import run_bench
+
+    result = run_bench(_settings(), requests, echo=console.print, rounds=rounds)
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("measure", "value")
+    for key, value in result.items():
+        if key != "per_round":
+            table.add_row(key, str(value))
+    Console().print(table)
+
+
 @bench_app.command("all")
 def bench_all(as_json: JsonFlag = False) -> None:
     """Every benchmark with its defaults."""
     bench_poster(transfers=100_000, rounds=3, as_json=as_json)
+    bench_validator(requests=100_000, rounds=3, as_json=as_json)
     bench_ingest(lines=1_000_000, as_json=as_json)
 
 

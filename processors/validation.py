@@ -73,6 +73,12 @@ class Decision:
     accepted: AcceptedTransfer | None = None
 
 
+#: The fields an accepted transfer takes over from its request.
+_CARRIED: Final = tuple(
+    name for name in TransferRequest.model_fields if name not in {"debit_account", "credit_account"}
+)
+
+
 def validate(request: TransferRequest, accounts: Mapping[str, AccountFacts]) -> Decision:
     """Accept the request (accounts resolved) or reject it with every reason that applies.
 
@@ -86,10 +92,16 @@ def validate(request: TransferRequest, accounts: Mapping[str, AccountFacts]) -> 
         reasons += _account_reasons(request, debit, credit)
     if reasons or debit is None or credit is None:
         return Decision("rejected", tuple(dict.fromkeys(reasons)))
-    accepted = AcceptedTransfer(
-        **request.model_dump(exclude={"debit_account", "credit_account"}),
+    # Built without validating again: every field comes from the validated request or
+    # from the database (measured: re-validating was a tenth of the validator's time).
+    accepted = AcceptedTransfer.model_construct(
+        **{name: getattr(request, name) for name in _CARRIED},
         debit_account_id=debit.id,
         credit_account_id=credit.id,
+        # Given explicitly: model_construct would compute default factories the slow way.
+        ruleset_version=None,
+        risk_score=0,
+        risk_reasons=[],
     )
     return Decision("accepted", (), accepted)
 

@@ -181,15 +181,27 @@ class Validator:
                 outputs[n] = _rejected(m, request, [r.value for r in decision.reasons])
             else:
                 debit = accounts[str(decision.accepted.debit_account_id)]
-                passed.append(Screening(n, m, request, decision.accepted, debit, accounts))
+                passed.append(
+                    Screening(
+                        n, m, request, decision.accepted, debit, accounts,
+                        str(decision.accepted.debit_account_id),
+                        str(decision.accepted.credit_account_id),
+                    )
+                )  # fmt: skip
         if passed:
             outputs.update(self._screen(passed))
         return [outputs[n] for n in sorted(outputs)]
 
     def _screen(self, passed: list[Screening]) -> dict[int, Output]:
         """Daily limits and fraud rules, against the debit accounts' state in Redis."""
-        screened = [s for s in passed if s.debit.type not in INTERNAL_TYPES]
-        outputs = {s.n: _accepted_output(s, None) for s in passed if s not in screened}
+        screened: list[Screening] = []
+        outputs: dict[int, Output] = {}
+        for s in passed:
+            # The bank's own accounts have no limits and are not customers' behaviour.
+            if s.debit.type in INTERNAL_TYPES:
+                outputs[s.n] = _accepted_output(s, None)
+            else:
+                screened.append(s)
         if not screened:
             return outputs
         wanted: dict[str, set[str]] = defaultdict(set)
@@ -291,14 +303,8 @@ class Screening:
     accepted: AcceptedTransfer
     debit: AccountFacts
     accounts: Mapping[str, AccountFacts]
-
-    @property
-    def debit_key(self) -> str:
-        return str(self.accepted.debit_account_id)
-
-    @property
-    def credit_key(self) -> str:
-        return str(self.accepted.credit_account_id)
+    debit_key: str  # the accounts' ids as text, the fraud state's keys
+    credit_key: str
 
     def activity(self) -> Activity:
         return Activity(
