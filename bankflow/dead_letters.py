@@ -58,7 +58,8 @@ def store(
     """Record one message from the dead-letter topic; a repeat only counts an attempt."""
     conn.execute(
         "insert into dead_letters (original_topic, original_partition, original_offset, key, "
-        "payload, headers, error_class, reason) values (%s, %s, %s, %s, %s, %s, %s, %s) "
+        "payload, headers, error_class, reason, attempts, first_failure_at) "
+        "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s::timestamptz, now())) "
         "on conflict (original_topic, original_partition, original_offset) do update set "
         "attempts = dead_letters.attempts + 1, last_failure_at = now(), "
         "reason = excluded.reason, error_class = excluded.error_class, status = 'open'",
@@ -68,6 +69,8 @@ def store(
             int(headers.get(h.ORIGINAL_OFFSET, "-1")),
             key, payload, Jsonb(headers), headers.get(h.ERROR_CLASS, "unknown"),
             headers.get(h.ERROR_MESSAGE, "no reason given"),
+            # Attempts and the first failure as the retry tiers counted them.
+            max(1, int(headers.get(h.ATTEMPT, "1") or 1)), headers.get(h.FIRST_FAILURE_AT),
         ),
     )  # fmt: skip
 

@@ -10,7 +10,11 @@ import pytest
 from bankflow.bootstrap import kafka_producer
 from bankflow.settings import Settings
 from consumers.relay import relay_once
-from tests.integration.test_validator import produce_requests, run_validator_until
+from tests.integration.test_validator import (
+    produce_requests,
+    run_validator_until,
+    transfer_request,
+)
 from tests.ledger_support import (
     accepted,
     drain_in_process,
@@ -106,3 +110,42 @@ def test_a_dead_letter_whose_cause_was_fixed_replays_to_exactly_one_posting(
     assert rows == [(transfer.transfer_id, "posted")]
     balance = db.execute("select balance_minor from accounts where id = %s", (a,)).fetchone()[0]
     assert balance == 777
+
+
+def test_a_request_that_exhausts_its_retry_tiers_is_dead_lettered_with_its_attempts(
+    settings: Settings, topics, db
+) -> None:
+    import socket
+    import time
+
+    from processors.retrier import build as build_retrier
+
+    with socket.socket() as probe:  # a port where no Redis answers
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    settings = settings.model_copy(
+        update={"retry_tiers": {"first": 1, "second": 2},
+                "redis_url": f"redis://127.0.0.1:{dead_port}/0"}
+    )  # fmt: skip
+    topics(*settings.all_topics())
+    a, b = open_test_accounts(db, settings, 2)
+    produce_requests(settings, [transfer_request(a, b)])
+    retrier = build_retrier(settings)
+    retrier.subscribe()
+    try:
+        for _ in range(3):  # first try, then once per tier; the retrier sends it back
+            run_validator_until(settings, 1)
+            deadline = time.monotonic() + 30
+            while not retrier.step() and time.monotonic() < deadline:
+                pass
+            if sum(retrier.sent.values()) == 2:
+                break
+        run_validator_until(settings, 1)  # the third failure: no tier left
+    finally:
+        retrier.consumer.close()
+    sink_until(settings, 1)
+    (letter,) = json.loads(bankflow(settings, "dlq", "list", "--json").stdout)
+    assert letter["error_class"] == "DependencyUnavailable"
+    assert "Redis" in letter["reason"]
+    assert letter["attempts"] == 3
+    assert letter["first_failure_at"] < letter["last_failure_at"]
