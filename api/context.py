@@ -16,6 +16,7 @@ import redis.asyncio
 from argon2 import PasswordHasher
 from psycopg_pool import AsyncConnectionPool
 
+from api.kafka import AsyncProducer
 from api.tokens import TokenConfig
 from bankflow.bootstrap import db_pool_async, redis_async
 from bankflow.identity.passwords import password_hasher, verify_password
@@ -42,6 +43,8 @@ class ApiContext:
     #: costs the same time as a known one.
     dummy_hash: str
     hash_slots: asyncio.Semaphore
+    #: Produces transfer requests; the broker's acknowledgement is awaited per request.
+    producer: AsyncProducer
 
     @classmethod
     async def open(cls, settings: Settings) -> ApiContext:
@@ -68,9 +71,11 @@ class ApiContext:
             hasher=hasher,
             dummy_hash=dummy_hash,
             hash_slots=asyncio.Semaphore(HASHES_AT_ONCE_MAX),
+            producer=AsyncProducer(settings),
         )
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.producer.close)
         await self.db_pool.close()
         await self.redis.aclose()
 

@@ -411,7 +411,7 @@ def verify_ledger(as_json: JsonFlag = False) -> None:
 
     settings = _settings()
     with db_connect(settings, autocommit=True) as conn:
-        results = verify(conn, settings.poster_group)
+        results = verify(conn, settings)
     if as_json:
         _print_json(
             {

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -109,8 +109,12 @@ REVIEW_SQL = (
 )
 
 
-def status_update(topic: str, value: bytes) -> StatusUpdate:
-    """What one message says about its transfer (``ValidationError`` if it is not valid)."""
+def status_update(topic: str, value: bytes, written_at: datetime) -> StatusUpdate:
+    """What one message says about its transfer (``ValidationError`` if it is not valid).
+
+    ``written_at`` (the message's timestamp) dates a decision whose message carries no
+    time of its own: the validator's accepted and held transfers.
+    """
     if topic == TRANSFERS_REQUESTED:
         r = TransferRequest.model_validate_json(value)
         return _update(r, "requested", r.requested_at, r.debit_account, r.credit_account)
@@ -118,7 +122,7 @@ def status_update(topic: str, value: bytes) -> StatusUpdate:
         a = AcceptedTransfer.model_validate_json(value)
         status = "review" if topic == TRANSFERS_REVIEW else "accepted"
         return _update(
-            a, status, a.requested_at, str(a.debit_account_id), str(a.credit_account_id),
+            a, status, written_at, str(a.debit_account_id), str(a.credit_account_id),
             reasons=a.risk_reasons, ruleset_version=a.ruleset_version, risk_score=a.risk_score,
         )  # fmt: skip
     if topic == TRANSFERS_REJECTED:
@@ -191,7 +195,7 @@ class Tracker:
         for m in messages:
             logical = self.logical[str(m.topic())]
             try:
-                update = status_update(logical, m.value() or b"")
+                update = status_update(logical, m.value() or b"", _written_at(m))
             except ValidationError as exc:
                 # Not ours to judge: the stage that reads this topic dead-letters it.
                 log.warning("unreadable message on %s: %s", m.topic(), exc.errors()[:1])
@@ -215,6 +219,11 @@ class Tracker:
                     for payload, u in held
                 ],
             )  # fmt: skip
+
+
+def _written_at(message: Message) -> datetime:
+    _kind, ms = message.timestamp()
+    return datetime.fromtimestamp(ms / 1000, UTC) if ms and ms > 0 else datetime.now(UTC)
 
 
 def _usable(message: Message) -> bool:

@@ -295,5 +295,5 @@ def assert_ledger_matches(conn: Any, settings: Settings, work: Workload) -> None
     assert statuses == work.expected_status
     for account, balance in work.expected_balances.items():
         assert snapshot["balances"][account] == balance, f"balance of {account}"
-    failed = [r for r in verify(conn, settings.poster_group) if not r.ok]
+    failed = [r for r in verify(conn, settings) if not r.ok]
     assert failed == [], failed

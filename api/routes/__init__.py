@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import auth, users
+from api.routes import auth, review, transfers, users
 
-ROUTERS: tuple[APIRouter, ...] = (auth.router, users.router)
+ROUTERS: tuple[APIRouter, ...] = (auth.router, users.router, transfers.router, review.router)

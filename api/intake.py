@@ -1,0 +1,138 @@
+"""Turning an HTTP request into a transfer request on Kafka, exactly once per key.
+
+The transfer id is derived from the caller and the ``Idempotency-Key`` (DESIGN.md),
+so a retried request maps to the same id whatever happens. A record per key in
+Redis remembers a fingerprint of the body: the same key with another body is
+refused (422), the same key and body answers as the first time did. Only the
+request that created the record produces; a concurrent twin waits for it (a few
+seconds at most) and, should the first have died before the broker acknowledged,
+produces the same message itself: the transfer id makes that harmless downstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from typing import Any, Literal
+
+import orjson
+import redis.asyncio
+
+from api.context import ApiContext
+from api.errors import ApiError
+from schemas import headers as h
+from schemas.topics import TRANSFERS_REQUESTED
+from schemas.transfers import TransferRequest, transfer_id_for
+
+#: A key is remembered for a day: retries come within minutes, a day is generous.
+IDEMPOTENCY_TTL_S = 86_400
+#: A twin request waits this long for the first one to be acknowledged.
+PENDING_WAIT_S = 5.0
+PENDING_POLL_S = 0.02
+#: The API remembers a request it sent for this long, so ``GET /v1/transfers/{id}``
+#: answers ``requested`` before the tracker has written the status.
+RECENT_TTL_S = 3600
+
+
+class IdempotencyConflict(ApiError):
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused with a different request"
+
+
+class StateUnavailable(ApiError):
+    status = 503
+    slug = "state-unavailable"
+    title = "Service temporarily unavailable"
+
+
+def fingerprint(kind: str, body: dict[str, Any]) -> str:
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(kind.encode() + b"\0" + canonical).hexdigest()
+
+
+def transfer_id(user_id: uuid.UUID, idempotency_key: str) -> uuid.UUID:
+    return transfer_id_for(str(user_id), idempotency_key)
+
+
+def _key(ctx: ApiContext, user_id: uuid.UUID, idempotency_key: str) -> str:
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    return ctx.redis_key("idem", str(user_id), digest)
+
+
+async def submit(
+    ctx: ApiContext,
+    *,
+    user_id: uuid.UUID,
+    idempotency_key: str,
+    print_: str,
+    request: TransferRequest,
+    summary: dict[str, Any],
+) -> None:
+    """Produce ``request`` once per key; return when the broker has it (or had it before)."""
+    key = _key(ctx, user_id, idempotency_key)
+    try:
+        state = await _claim(ctx.redis, key, print_)
+        if state == "new" or (state == "pending" and not await _wait_sent(ctx.redis, key)):
+            await ctx.producer.send(
+                ctx.settings.topic(TRANSFERS_REQUESTED),
+                key=request.debit_account.encode(),
+                value=request.model_dump_json().encode(),
+                headers=[(h.CORRELATION_ID, (request.correlation_id or "").encode())],
+            )
+            async with ctx.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, _record(print_, "sent"), ex=IDEMPOTENCY_TTL_S)
+                pipe.set(
+                    ctx.redis_key("transfer", str(request.transfer_id)),
+                    orjson.dumps(summary),
+                    ex=RECENT_TTL_S,
+                )
+                await pipe.execute()
+    except redis.RedisError as exc:
+        raise StateUnavailable(
+            "the idempotency store is unavailable; retry with the same Idempotency-Key",
+            headers={"Retry-After": "2"},
+        ) from exc
+
+
+async def recent(ctx: ApiContext, transfer: uuid.UUID) -> dict[str, Any] | None:
+    """What the API remembers of a transfer it sent in the last hour (None if nothing)."""
+    try:
+        raw = await ctx.redis.get(ctx.redis_key("transfer", str(transfer)))
+    except redis.RedisError:
+        return None
+    return orjson.loads(raw) if raw else None
+
+
+def _record(print_: str, state: str) -> bytes:
+    return orjson.dumps({"fingerprint": print_, "state": state})
+
+
+async def _claim(
+    client: redis.asyncio.Redis, key: str, print_: str
+) -> Literal["new", "pending", "sent"]:
+    if await client.set(key, _record(print_, "pending"), nx=True, ex=IDEMPOTENCY_TTL_S):
+        return "new"
+    raw = await client.get(key)
+    if raw is None:  # expired in between: claim again
+        return await _claim(client, key, print_)
+    record = orjson.loads(raw)
+    if record["fingerprint"] != print_:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request; use a new "
+            "key for a new transfer"
+        )
+    state: Literal["pending", "sent"] = record["state"]
+    return state
+
+
+async def _wait_sent(client: redis.asyncio.Redis, key: str) -> bool:
+    """Wait for the first request with this key to be acknowledged; False if it was not."""
+    deadline = asyncio.get_running_loop().time() + PENDING_WAIT_S
+    while asyncio.get_running_loop().time() < deadline:
+        raw = await client.get(key)
+        if raw is not None and orjson.loads(raw)["state"] == "sent":
+            return True
+        await asyncio.sleep(PENDING_POLL_S)
+    return False
