@@ -84,8 +84,9 @@ class RuleSet(_Config):
 
     version: str = Field(min_length=1, max_length=64)
     policy: Policy
-    #: Who the behavioural rules screen: customer-initiated requests (the channel where
-    #: account takeover happens) or every request. The blocklist screens every request.
+    #: Who the behavioural rules screen: customers' own requests through the API (the
+    #: channel where account takeover happens; the validator decides what that is) or
+    #: every request. The blocklist screens every request.
     behavioural_scope: Literal["customers", "all"] = "customers"
     velocity: tuple[VelocityWindow, ...]
     amount_outlier: AmountOutlier

@@ -74,7 +74,12 @@ from schemas.topics import (
     TRANSFERS_REQUESTED,
     TRANSFERS_REVIEW,
 )
-from schemas.transfers import AcceptedTransfer, RejectedTransfer, TransferRequest
+from schemas.transfers import (
+    AcceptedTransfer,
+    RejectedTransfer,
+    TransferRequest,
+    TransferSource,
+)
 
 log = logging.getLogger("bankflow.validator")
 
@@ -339,7 +344,7 @@ def screen(
             continue
         credit = s.accounts[s.credit_key]
         verdict = score(
-            Candidate(activity, s.request.currency, credit.iban, is_customer_request(s.request)),
+            Candidate(activity, s.request.currency, credit.iban, _customer_channel(s.request)),
             profile,
             ruleset,
         )
@@ -353,6 +358,16 @@ def screen(
         else:
             result.outputs[s.n] = _accepted_output(s, verdict)
     return result
+
+
+def _customer_channel(request: TransferRequest) -> bool:
+    """A customer's own request through the API: what the behavioural rules screen.
+
+    Batch files are authorised by the business customer as a whole (a payroll file
+    pays hundreds of new beneficiaries at once by design); staff and the bank's own
+    transfers are controlled by their roles.
+    """
+    return request.source is TransferSource.API and is_customer_request(request)
 
 
 def _accepted_output(s: Screening, verdict: Verdict | None) -> Output:
