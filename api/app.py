@@ -22,6 +22,7 @@ from api.context import ApiContext
 from api.deps import Public
 from api.middleware import BodySizeLimit, UnexpectedErrors
 from api.openapi import openapi_builder
+from api.ratelimit import RateLimitByAddress
 from api.routes import ROUTERS
 from bankflow.bootstrap import db_connect, kafka_admin, redis_client
 from bankflow.settings import Settings, get_settings
@@ -64,6 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost of the two: a body that is too large is refused before
     # anything else looks at it, and any error left over becomes a 500 problem.
     app.add_middleware(UnexpectedErrors)
+    app.add_middleware(
+        RateLimitByAddress,
+        limit=settings.api_rate_per_address_per_min,
+        exempt=frozenset({"/healthz", "/readyz"}),
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_body_max_bytes)
     _add_health_checks(app, settings)
     v1 = APIRouter(prefix=API_PREFIX)

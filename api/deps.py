@@ -41,7 +41,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.security import OAuth2PasswordBearer
 from psycopg_pool import AsyncConnectionPool
 
-from api import sessions, tokens
+from api import ratelimit, sessions, tokens
 from api.context import ApiContext
 from api.errors import Forbidden, Unauthorized
 from bankflow.settings import Settings
@@ -122,6 +122,10 @@ async def current_user(
     if await sessions.is_revoked(ctx, claims):
         raise Unauthorized("this access token was revoked (signed out); sign in again")
     assert claims.role is not None  # noqa: S101 - decode checks an access token's role
+    await ratelimit.check_user(
+        ctx.redis, ctx.settings.redis_prefix, str(claims.user_id),
+        ctx.settings.api_rate_per_user_per_min,
+    )  # fmt: skip
     return AuthUser(
         id=claims.user_id,
         role=claims.role,

@@ -110,6 +110,17 @@ class Settings(BaseSettings):
 
     # The consumer-lag exporter (``bankflow run lag-exporter``), also read by ``bankflow lag``.
     lag_exporter_port: int = Field(default=9108, ge=1, le=65535)
+    # Each service's own /metrics, /healthz and /readyz port (``Settings.metrics_port``);
+    # one per service so they can share a host. 0 binds a free port (tests).
+    api_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    validator_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    retrier_metrics_port: int = Field(default=9103, ge=0, le=65535)
+    poster_metrics_port: int = Field(default=9104, ge=0, le=65535)
+    relay_metrics_port: int = Field(default=9105, ge=0, le=65535)
+    inbox_watcher_metrics_port: int = Field(default=9106, ge=0, le=65535)
+    dlq_sink_metrics_port: int = Field(default=9107, ge=0, le=65535)
+    tracker_metrics_port: int = Field(default=9109, ge=0, le=65535)
+    cache_metrics_port: int = Field(default=9110, ge=0, le=65535)
     #: One evaluation of every group this often.
     lag_poll_interval_s: float = Field(default=5.0, gt=0, le=300)
     #: Statuses are judged over this many evaluations (Burrow's window): 12 x 5 s, a minute.
@@ -144,6 +155,10 @@ class Settings(BaseSettings):
     api_body_max_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     #: PostgreSQL connections the API holds at most (per worker process).
     api_db_pool_max: int = Field(default=10, ge=1, le=200)
+    #: Requests a minute per signed-in user and per client address (429 beyond). An
+    #: address may stand for many users (an office, a carrier's NAT), hence higher.
+    api_rate_per_user_per_min: int = Field(default=600, ge=1)
+    api_rate_per_address_per_min: int = Field(default=3000, ge=1)
     #: argon2id cost: "default" is argon2-cffi's (RFC 9106 low-memory profile); "test"
     #: is its cheapest profile, so tests hash in microseconds. Refused in staging and prod.
     password_hash_profile: Literal["default", "test"] = "default"  # noqa: S105 - a cost name
@@ -181,6 +196,13 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full Kafka topic name for one of the names in ``schemas.topics``."""
         return f"{self.topic_prefix}{name}"
+
+    def metrics_port(self, service: str) -> int | None:
+        """The port ``service`` (a ``bankflow run`` name) serves its metrics on, if it has one."""
+        if service == "lag-exporter":
+            return self.lag_exporter_port
+        port = getattr(self, f"{service.replace('-', '_')}_metrics_port", None)
+        return port if isinstance(port, int) else None
 
     def all_topics(self) -> tuple[str, ...]:
         """Every topic bankflow uses with these settings' retry tiers (logical names)."""
