@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -45,6 +45,9 @@ class ApiContext:
     hash_slots: asyncio.Semaphore
     #: Produces transfer requests; the broker's acknowledgement is awaited per request.
     producer: AsyncProducer
+    #: Who owns each account asked about: an account never changes owner, so the answer
+    #: can be kept (bounded: ``ACCOUNT_OWNERS_MAX``, oldest dropped first).
+    account_owners: dict[Any, Any] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, settings: Settings) -> ApiContext:

@@ -40,6 +40,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 from fastapi.security import OAuth2PasswordBearer
 from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
 
 from api import ratelimit, sessions, tokens
 from api.context import ApiContext
@@ -119,13 +120,22 @@ async def current_user(
     if not token:
         raise Unauthorized("this operation needs an access token (Authorization: Bearer ...)")
     claims = tokens.decode(ctx.tokens, token, "access")
-    if await sessions.is_revoked(ctx, claims):
-        raise Unauthorized("this access token was revoked (signed out); sign in again")
     assert claims.role is not None  # noqa: S101 - decode checks an access token's role
-    await ratelimit.check_user(
-        ctx.redis, ctx.settings.redis_prefix, str(claims.user_id),
-        ctx.settings.api_rate_per_user_per_min,
-    )  # fmt: skip
+    limit = ctx.settings.api_rate_per_user_per_min
+    try:
+        # Revocation and the user's rate limit in one round trip.
+        retry_after, denied = await ratelimit.count_and_read(
+            ctx.redis, ctx.redis_key("rl", "user", str(claims.user_id)), limit,
+            [sessions.denied_token_key(ctx, claims.token_id),
+             sessions.revoked_family_key(ctx, claims.family_id)],
+        )  # fmt: skip
+        revoked = any(value is not None for value in denied)
+    except RedisError:  # the limit is not checked; revocation falls back to PostgreSQL
+        retry_after, revoked = None, await sessions.is_revoked(ctx, claims)
+    if revoked:
+        raise Unauthorized("this access token was revoked (signed out); sign in again")
+    if retry_after is not None:
+        raise ratelimit.too_many(limit, retry_after)
     return AuthUser(
         id=claims.user_id,
         role=claims.role,

@@ -108,6 +108,45 @@ def stack_status(as_json: JsonFlag = False) -> None:
         raise typer.Exit(1)
 
 
+@app.command("status")
+def status(as_json: JsonFlag = False) -> None:
+    """Every service (its metrics port's /healthz and /readyz) and every server, at a glance.
+
+    Exit 1 if a service is down or not ready, or a server is down.
+    """
+    from bankflow.observability import service_statuses
+    from bankflow.services import SERVICES
+    from infra.stack import LocalStack
+
+    settings = _settings()
+    services = service_statuses(settings, list(SERVICES))
+    servers = LocalStack(settings).status()
+    if as_json:
+        _print_json({"services": services, "servers": [s.as_dict() for s in servers]})
+    else:
+        table = Table("service", "state", "ready", "metrics address", title="services")
+        for s in services:
+            colour = "green" if s["state"] == "up" and s["ready"] else "red"
+            ready = ("yes" if s["ready"] else "no") if s["state"] == "up" else "-"
+            table.add_row(
+                s["name"], f"[{colour}]{s['state']}[/{colour}]", ready, s["address"] or "-"
+            )
+        Console().print(table)
+        table = Table("server", "state", "address", "version", title="servers")
+        for server in servers:
+            colour = "green" if server.state == "up" else "red"
+            table.add_row(
+                server.name,
+                f"[{colour}]{server.state}[/{colour}]",
+                server.address,
+                server.version or "-",
+            )
+        Console().print(table)
+    healthy = all(s["state"] == "up" and s["ready"] for s in services)
+    if not healthy or any(s.state != "up" for s in servers):
+        raise typer.Exit(1)
+
+
 # -------------------------------------------------------------- migrations
 
 
@@ -499,11 +538,32 @@ def bench_validator(
     Console().print(table)
 
 
+@bench_app.command("api")
+def bench_api(
+    seconds: Annotated[int, typer.Option(min=1, help="Load per measurement.")] = 10,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn workers per server.")] = 2,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds; the median is reported.")] = 1,
+    as_json: JsonFlag = False,
+) -> None:
+    """Accepted transfer requests/s and latency at 64 clients, next to two baselines."""
+    from bench.api import run_bench
+
+    result = run_bench(_settings(), seconds, workers, echo=console.print, rounds=rounds)
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("measure", "value")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
 @bench_app.command("all")
 def bench_all(as_json: JsonFlag = False) -> None:
     """Every benchmark with its defaults."""
     bench_poster(transfers=100_000, rounds=3, as_json=as_json)
     bench_validator(requests=100_000, rounds=3, as_json=as_json)
+    bench_api(seconds=10, workers=2, rounds=3, as_json=as_json)
     bench_ingest(lines=1_000_000, as_json=as_json)
 
 

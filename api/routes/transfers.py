@@ -86,7 +86,7 @@ async def create_transfer(
     correlation_id: CorrelationId = None,
 ) -> TransferAccepted:
     if user.role == "customer":
-        await _require_own_account(pool, user, body.debit_account)
+        await _require_own_account(ctx, pool, user, body.debit_account)
     request = _request(
         user, idempotency_key, correlation_id, debit=str(body.debit_account),
         credit=body.credit_account, body=body, category=body.category, tags=body.tags,
@@ -288,12 +288,24 @@ async def _final_status(pool: Any, transfer_id: uuid.UUID, wait_s: int) -> Any:
         await asyncio.sleep(WAIT_POLL_S)
 
 
-async def _require_own_account(pool: Any, user: AuthUser, account: uuid.UUID) -> None:
-    async with pool.connection() as db:
-        row = await (await db.execute(
-            "select customer_id from accounts where id = %s", (account,)
-        )).fetchone()  # fmt: skip
-    if row is None or row[0] != user.customer_id:
+#: Account owners the API keeps in memory (about 100 bytes each).
+ACCOUNT_OWNERS_MAX = 100_000
+
+
+async def _require_own_account(ctx: Any, pool: Any, user: AuthUser, account: uuid.UUID) -> None:
+    """404 unless the customer owns the account (another's answers as one that does not exist)."""
+    owners: dict[uuid.UUID, uuid.UUID] = ctx.account_owners
+    owner = owners.get(account)
+    if owner is None:
+        async with pool.connection() as db:
+            row = await (await db.execute(
+                "select customer_id from accounts where id = %s", (account,)
+            )).fetchone()  # fmt: skip
+        if row is not None:
+            owner = owners[account] = row[0]
+            if len(owners) > ACCOUNT_OWNERS_MAX:
+                del owners[next(iter(owners))]  # dicts keep insertion order: the oldest
+    if owner is None or owner != user.customer_id:
         raise NotFound(f"no account {account}")
 
 
