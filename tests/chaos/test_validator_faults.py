@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
 
-from bankflow.bootstrap import kafka_consumer
+from bankflow.bootstrap import kafka_admin, kafka_consumer
 from bankflow.settings import Settings
 from schemas.topics import (
     TRANSFERS_ACCEPTED,
@@ -105,3 +106,55 @@ def test_sigkill_at_random_moments_gives_each_request_exactly_one_decision(
         for r in RejectedTransfer.model_validate_json(m.value()).reasons
     )
     assert reasons == {"unknown_account": REQUESTS // 10}, reasons
+
+
+def members_with_partitions(settings: Settings) -> int:
+    """How many members of the validator group own at least one partition."""
+    admin = kafka_admin(settings)
+    futures = admin.describe_consumer_groups([settings.validator_group], request_timeout=10)
+    try:
+        group = futures[settings.validator_group].result()
+    except KafkaException:
+        return 0
+    return sum(1 for m in group.members if m.assignment and m.assignment.topic_partitions)
+
+
+def test_two_validator_instances_share_the_partitions_and_one_dying_loses_nothing(
+    settings: Settings, topics, db, tmp_path: Path
+) -> None:
+    """Two instances (their own transactional ids) split the partitions; one is killed
+    mid-stream, the other takes its partitions over; every request is decided once."""
+    settings = settings.model_copy(update={"validator_batch_max": 20})
+    topics()
+    accounts = open_test_accounts(db, settings, 50)
+    rng = random.Random(4)
+    requests = [transfer_request(*rng.sample(accounts, 2)) for _ in range(REQUESTS * 2)]
+    produce_requests(settings, requests)
+    first = start_service(settings, "validator", log=tmp_path / "first.log",
+                          BANKFLOW_INSTANCE_ID="first")  # fmt: skip
+    second = start_service(settings, "validator", log=tmp_path / "second.log",
+                           BANKFLOW_INSTANCE_ID="second")  # fmt: skip
+    try:
+        wait_for(lambda: members_with_partitions(settings) == 2, 60, "both to own partitions")
+        progress = committed_progress(settings)
+        wait_for(lambda: committed_progress(settings) > progress + 500, 60, "both deciding")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        wait_for(lambda: committed_progress(settings) >= len(requests), 120, "the survivor")
+    finally:
+        stop_service(second)
+        if first.poll() is None:
+            first.kill()
+    out = read_committed(settings, TRANSFERS_ACCEPTED, TRANSFERS_REJECTED,
+                         expected=len(requests))  # fmt: skip
+    ids = Counter(
+        uuid.UUID(m.value()[m.value().index(b'"transfer_id":"') + 15 :][:36].decode())
+        for name in (TRANSFERS_ACCEPTED, TRANSFERS_REJECTED)
+        for m in out[name]
+    )
+    assert set(ids) == {r.transfer_id for r in requests}, "a request has no decision"
+    assert [tid for tid, n in ids.items() if n != 1] == [], "a request was decided twice"
+    # The survivor decided only part of the stream: the killed instance committed the rest.
+    survivor = (tmp_path / "second.log").read_text()
+    decided = sum(int(n) for n in re.findall(r"'transfers\.\w+': (\d+)", survivor))
+    assert 0 < decided < len(requests), survivor[-500:]
