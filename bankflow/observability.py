@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+
+from bankflow.settings import Settings
 
 log = logging.getLogger("bankflow.observability")
 
@@ -116,3 +121,97 @@ def serve_metrics(
     thread = threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True)
     thread.start()
     return MetricsServer(server, thread)
+
+
+# Readiness checks the worker services share; each is cheap enough for every probe.
+
+
+class Assignment:
+    """The partitions a Kafka consumer's group gave it, for a readiness probe.
+
+    A consumer is ready once it holds a partition (an instance beyond the topic's
+    partition count stays unready: it is a standby). confluent-kafka's consumer must
+    not be asked from the probe's thread: ``assignment()`` blocks while the service's
+    thread is inside ``consume()``. So the set is kept from the rebalance callbacks,
+    which run on the consuming thread, and the probe only reads it.
+    """
+
+    def __init__(self) -> None:
+        self.partitions: set[tuple[str, int]] = set()
+
+    def subscribe(
+        self,
+        consumer: Any,
+        topics: list[str],
+        on_assign: Callable[[Any, list[Any]], None] | None = None,
+        on_revoke: Callable[[Any, list[Any]], None] | None = None,
+    ) -> None:
+        """``consumer.subscribe(topics)``, keeping track; the callbacks run after ours."""
+
+        def assigned(c: Any, partitions: list[Any]) -> None:
+            self.partitions.update((p.topic, p.partition) for p in partitions)
+            if on_assign is not None:
+                on_assign(c, partitions)
+
+        def revoked(c: Any, partitions: list[Any]) -> None:
+            self.partitions.difference_update((p.topic, p.partition) for p in partitions)
+            if on_revoke is not None:
+                on_revoke(c, partitions)
+
+        consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+
+    def ready(self) -> bool:
+        return bool(self.partitions)
+
+
+def connection_alive(conn: Any) -> bool:
+    """A psycopg connection that is neither closed nor broken (it does not query)."""
+    return not conn.closed and not conn.broken
+
+
+#: ``bankflow status`` gives each probe this long: a service that answers slower is in trouble.
+PROBE_TIMEOUT_S = 1.0
+
+
+def probe(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, bool]:
+    """Ask a service's metrics port ``/healthz`` and ``/readyz``; what each answered."""
+    return {
+        path: _answers_ok(f"http://{host}:{port}/{path}", timeout_s)
+        for path in ("healthz", "readyz")
+    }
+
+
+def _answers_ok(url: str, timeout_s: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http only
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def service_statuses(settings: Settings, services: Sequence[str]) -> list[dict[str, Any]]:
+    """Each service's state as its metrics port tells it (``bankflow status``).
+
+    ``state`` is ``up`` when ``/healthz`` answers, ``down`` otherwise (or ``no port``
+    for a service without a metrics port setting); ``ready`` is what ``/readyz`` said.
+    The services are probed at once, so a status takes one timeout at worst.
+    """
+    host = settings.metrics_host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - bound to all; probe over loopback
+        host = "127.0.0.1"
+    ports = {name: settings.metrics_port(name) for name in services}
+
+    def status(name: str) -> dict[str, Any]:
+        port = ports[name]
+        if not port:
+            return {"name": name, "address": None, "state": "no port", "ready": False}
+        answers = probe(host, port)
+        return {
+            "name": name,
+            "address": f"{host}:{port}",
+            "state": "up" if answers["healthz"] else "down",
+            "ready": answers["readyz"],
+        }
+
+    with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
+        return list(pool.map(status, services))
