@@ -23,6 +23,7 @@ SERVICES: dict[str, str] = {
     "dlq-sink": "consumers.dlq_sink:run",
     "lag-exporter": "consumers.lag_exporter:run",
     "tracker": "consumers.tracker:run",
+    "cache": "consumers.cache:run",
 }
 
 #: Not a service of the bank: ``run all --demo`` adds it to feed demo traffic.
