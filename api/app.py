@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from api import problems
 from api.context import ApiContext
 from api.deps import Public
+from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, UnexpectedErrors
 from api.openapi import openapi_builder
 from api.ratelimit import RateLimitByAddress
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exempt=frozenset({"/healthz", "/readyz"}),
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_body_max_bytes)
+    # Outermost of all: every answer is counted, the 413s, 429s and 500s above included.
+    app.add_middleware(RequestMetrics)
     _add_health_checks(app, settings)
     v1 = APIRouter(prefix=API_PREFIX)
     for router in ROUTERS:
@@ -124,9 +127,25 @@ def _dependency_checks(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> None:
-    """``bankflow run api``: serve the app with uvicorn."""
+    """``bankflow run api``: serve the app with uvicorn, one worker per process.
+
+    ``/metrics`` is served on ``BANKFLOW_API_METRICS_PORT`` (with ``/healthz`` and a
+    ``/readyz`` that checks the same dependencies as the app's), not on the app: the
+    app's port is public, Prometheus scrapes without a token, and one worker per
+    process keeps the default registry the process's whole truth.
+    """
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info"
+    from bankflow.observability import serve_metrics
+
+    server = serve_metrics(
+        settings.api_metrics_port,
+        lambda: all(v == "ok" for v in _dependency_checks(settings).values()),
+        host=settings.metrics_host,
     )
+    try:
+        uvicorn.run(
+            create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info"
+        )
+    finally:
+        server.close()

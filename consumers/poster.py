@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ from bankflow.ledger.store import (
     load_offsets,
     write_batch,
 )
+from bankflow.metrics import NO_REASON, PosterMetrics, registered
+from bankflow.observability import connection_alive, serve_metrics
 from bankflow.runtime import configure_logging, on_stop_signal, run_until_stopped
 from bankflow.settings import Settings
 from schemas.errors import describe
@@ -95,6 +98,11 @@ class Poster:
         self.stats = PosterStats()
         self.stopping = False
         self.refused_in_a_row = 0
+        self.metrics = registered(PosterMetrics)
+
+    def ready(self) -> bool:
+        """Ready while it owns partitions and its database connection is alive."""
+        return bool(self.expected) and connection_alive(self.conn)
 
     def subscribe(self) -> None:
         self.consumer.subscribe(
@@ -158,6 +166,7 @@ class Poster:
     def _post(self, messages: Sequence[Message]) -> None:
         """Post ``messages``; a batch the database refuses is split to find the culprit."""
         transfers, letters, ranges = self._decode(messages)
+        started = time.monotonic()
         try:
             summary = write_batch(self.conn, self.group_id, ranges, transfers, letters, self.topics)
         except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
@@ -171,7 +180,28 @@ class Poster:
             return
         self._advance(ranges)
         self.stats.add(summary)
+        self._observe(len(messages), summary, started, [d.error_class for d in letters])
         self.refused_in_a_row = 0
+
+    def _observe(
+        self, size: int, summary: BatchSummary, started: float, dead: Sequence[str]
+    ) -> None:
+        """A committed batch's metrics; latency runs from each request to this commit."""
+        m = self.metrics
+        m.commit_duration.observe(time.monotonic() - started)
+        m.batch_size.observe(size)
+        m.transfers.labels("posted", NO_REASON).inc(summary.posted)
+        for reason, count in summary.failure_reasons.items():
+            m.transfers.labels("failed", reason).inc(count)
+        if summary.duplicates:
+            m.transfers.labels("duplicate", NO_REASON).inc(summary.duplicates)
+        for error_class in dead:
+            m.transfers.labels("dead_letter", error_class).inc()
+        for currency, minor in summary.posted_minor.items():
+            m.posted_amount.labels(currency).inc(minor)
+        now = time.time()
+        for requested_at in summary.posted_requested_at:
+            m.request_to_posted.observe(max(0.0, now - requested_at.timestamp()))
 
     def _dead_letter_refused(self, message: Message, exc: Exception) -> None:
         """One message the database refuses on its own goes to the dead-letter topic.
@@ -199,9 +229,11 @@ class Poster:
             f"database refused it: {exc}",
         )
         ranges = {(topic, partition): OffsetRange(self.expected[(topic, partition)], offset + 1)}
+        started = time.monotonic()
         summary = write_batch(self.conn, self.group_id, ranges, [], [letter], self.topics)
         self._advance(ranges)
         self.stats.add(summary)
+        self._observe(1, summary, started, [letter.error_class])
 
     def _decode(
         self, messages: Sequence[Message]
@@ -309,9 +341,12 @@ def run(settings: Settings) -> None:
         settings.poster_batch_max,
         settings.poster_batch_wait_ms,
     )
+    server = serve_metrics(settings.poster_metrics_port, poster.ready, host=settings.metrics_host)
+    log.info("metrics on %s:%d", settings.metrics_host, server.port)
     try:
         poster.run()
     finally:
+        server.close()
         poster.consumer.close()
         poster.conn.close()
         log.info("poster stopped: %s", poster.stats)

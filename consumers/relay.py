@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -18,6 +19,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from bankflow.bootstrap import db_connect, kafka_producer
 from bankflow.errors import BankflowError
+from bankflow.metrics import GAUGE_REFRESH_S, RelayMetrics, logical_topic, registered
+from bankflow.observability import connection_alive, serve_metrics
 from bankflow.runtime import configure_logging, on_stop_signal
 from bankflow.settings import Settings
 from schemas.headers import EVENT_ID
@@ -48,8 +51,13 @@ def try_become_leader(conn: psycopg.Connection[Any], settings: Settings) -> bool
     return bool(row and row[0])
 
 
-def relay_once(conn: psycopg.Connection[Any], producer: Producer, batch_max: int) -> int:
-    """Publish up to ``batch_max`` unsent rows in id order and mark them sent."""
+def relay_once(
+    conn: psycopg.Connection[Any], producer: Producer, batch_max: int, topic_prefix: str = ""
+) -> int:
+    """Publish up to ``batch_max`` unsent rows in id order and mark them sent.
+
+    ``topic_prefix`` is taken off the topic names the published-events metric counts.
+    """
     with conn.transaction():
         rows = conn.execute(
             "select id, event_id, topic, key, payload, headers from outbox where sent_at is null "
@@ -80,7 +88,16 @@ def relay_once(conn: psycopg.Connection[Any], producer: Producer, batch_max: int
         conn.execute(
             "update outbox set sent_at = now() where id = any(%s)", ([r[0] for r in rows],)
         )
+    published = registered(RelayMetrics).published
+    for topic, count in Counter(r[2] for r in rows).items():
+        published.labels(logical_topic(topic, topic_prefix)).inc(count)
     return len(rows)
+
+
+def count_unsent(conn: psycopg.Connection[Any]) -> int:
+    """Outbox rows not yet published (the partial index ``outbox_unsent`` answers it)."""
+    row = conn.execute("select count(*) from outbox where sent_at is null").fetchone()
+    return int(row[0]) if row else 0
 
 
 class Relay:
@@ -97,9 +114,19 @@ class Relay:
         while not self.stopping and not try_become_leader(self.conn, self.settings):
             time.sleep(STANDBY_RETRY_S)
         log.info("relay is the leader; publishing the outbox")
+        unsent = registered(RelayMetrics).unsent
+        next_count = 0.0
         while not self.stopping:
+            if time.monotonic() >= next_count:
+                unsent.set(count_unsent(self.conn))
+                next_count = time.monotonic() + GAUGE_REFRESH_S
             try:
-                count = relay_once(self.conn, self.producer, self.settings.relay_batch_max)
+                count = relay_once(
+                    self.conn,
+                    self.producer,
+                    self.settings.relay_batch_max,
+                    topic_prefix=self.settings.topic_prefix,
+                )
             except DeliveryFailed as exc:
                 log.warning("%s; retrying the round", exc)
                 time.sleep(1)
@@ -118,9 +145,16 @@ def run(settings: Settings) -> None:
     configure_logging()
     relay = build(settings)
     on_stop_signal(lambda: setattr(relay, "stopping", True))
+    server = serve_metrics(
+        settings.relay_metrics_port,
+        lambda: connection_alive(relay.conn),
+        host=settings.metrics_host,
+    )
+    log.info("metrics on %s:%d", settings.metrics_host, server.port)
     try:
         relay.run()
     finally:
+        server.close()
         relay.producer.flush(FLUSH_TIMEOUT_S)
         relay.conn.close()
         log.info("relay stopped after publishing %d events", relay.published)

@@ -26,6 +26,8 @@ from confluent_kafka import Consumer, KafkaError, Message
 from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.metrics import TrackerMetrics, registered
+from bankflow.observability import Assignment, connection_alive, serve_metrics
 from bankflow.review import expire_reviews
 from bankflow.runtime import configure_logging, next_offsets, on_stop_signal, run_until_stopped
 from bankflow.settings import Settings
@@ -43,8 +45,10 @@ log = logging.getLogger("bankflow.tracker")
 
 BATCH_MAX = 2000
 BATCH_WAIT_S = 0.1
-#: How often held transfers are checked against the review timeout.
+#: How often held transfers are checked against the review timeout (and counted for the
+#: review-queue gauge).
 REVIEW_TIMEOUT_CHECK_S = 5.0
+HELD_COUNT_SQL = "select count(*) from review_queue where status = 'held'"
 
 TRACKED = (
     TRANSFERS_REQUESTED, TRANSFERS_ACCEPTED, TRANSFERS_REVIEW, TRANSFERS_REJECTED,
@@ -168,9 +172,15 @@ class Tracker:
         self.stopping = False
         self.seen: Counter[str] = Counter()
         self.next_expiry_check = 0.0
+        self.metrics = registered(TrackerMetrics)
+        self.assignment = Assignment()
+
+    def ready(self) -> bool:
+        """Ready while it owns partitions and its database connection is alive."""
+        return connection_alive(self.conn) and self.assignment.ready()
 
     def run(self) -> None:
-        self.consumer.subscribe(list(self.logical))
+        self.assignment.subscribe(self.consumer, list(self.logical))
         run_until_stopped(self.step, lambda: self.stopping, self._reconnect, log)
 
     def _reconnect(self) -> None:
@@ -186,6 +196,8 @@ class Tracker:
             expired = expire_reviews(self.conn, self.settings)
             if expired:
                 log.info("%d held transfer(s) rejected: review_timeout", expired)
+            held = self.conn.execute(HELD_COUNT_SQL).fetchone()
+            self.metrics.review_held.set(held[0] if held else 0)
             self.next_expiry_check = time.monotonic() + REVIEW_TIMEOUT_CHECK_S
         return len(messages)
 
@@ -219,6 +231,8 @@ class Tracker:
                     for payload, u in held
                 ],
             )  # fmt: skip
+        for status, count in Counter(u.status for u in updates).items():
+            self.metrics.updates.labels(status).inc(count)
 
 
 def _written_at(message: Message) -> datetime:
@@ -250,9 +264,12 @@ def run(settings: Settings) -> None:
     configure_logging()
     tracker = build(settings)
     on_stop_signal(lambda: setattr(tracker, "stopping", True))
+    server = serve_metrics(settings.tracker_metrics_port, tracker.ready, host=settings.metrics_host)
+    log.info("metrics on %s:%d", settings.metrics_host, server.port)
     try:
         tracker.run()
     finally:
+        server.close()
         tracker.consumer.close()
         tracker.conn.close()
         log.info("tracker stopped: %s", dict(tracker.seen))

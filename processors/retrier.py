@@ -33,6 +33,8 @@ from confluent_kafka import (
 
 from bankflow.bootstrap import kafka_consumer, kafka_producer
 from bankflow.failures import HeaderList, PoisonMessage, header_map, route_failure
+from bankflow.metrics import RetrierMetrics, logical_topic, registered
+from bankflow.observability import Assignment, serve_metrics
 from bankflow.runtime import configure_logging, next_offsets, on_stop_signal
 from bankflow.settings import Settings
 from schemas import headers as h
@@ -59,6 +61,9 @@ class Retrier:
         self.paused: dict[Partition, datetime] = {}
         self.stopping = False
         self.sent: Counter[str] = Counter()
+        self.metrics = registered(RetrierMetrics)
+        self.tiers = {retry_topic(tier): tier for tier in settings.retry_tiers}
+        self.assignment = Assignment()
 
     def _new_producer(self) -> Producer:
         producer = kafka_producer(
@@ -75,7 +80,7 @@ class Retrier:
 
     def subscribe(self) -> None:
         topics = [self.settings.topic(retry_topic(t)) for t in self.settings.retry_tiers]
-        self.consumer.subscribe(topics, on_revoke=self._forget)
+        self.assignment.subscribe(self.consumer, topics, on_revoke=self._forget)
 
     def _forget(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -99,8 +104,7 @@ class Retrier:
             return 0
         self.producer.begin_transaction()
         try:
-            for m in due:
-                self._send_back(m, now)
+            outcomes = [self._send_back(m, now) for m in due]
             self.producer.send_offsets_to_transaction(
                 next_offsets(due), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
             )
@@ -108,6 +112,9 @@ class Retrier:
         except KafkaException as exc:
             self._recover(exc.args[0])
             return 0
+        for m, outcome in zip(due, outcomes, strict=True):
+            tier = self.tiers.get(logical_topic(str(m.topic()), self.settings.topic_prefix))
+            self.metrics.messages.labels(tier or "unknown", outcome).inc()
         return len(due)
 
     def _hold_back(self, messages: Sequence[Message], now: datetime) -> list[Message]:
@@ -127,7 +134,8 @@ class Retrier:
             due.append(m)
         return due
 
-    def _send_back(self, message: Message, now: datetime) -> None:
+    def _send_back(self, message: Message, now: datetime) -> str:
+        """Produce one due message back to its origin; "returned", or "dead_letter"."""
         headers = header_map(message.headers())
         origin = headers.get(h.ORIGINAL_TOPIC)
         if origin is None or _not_before(message) is None:
@@ -139,12 +147,15 @@ class Retrier:
                 tiers=self.settings.retry_tiers, now=now,
             )  # fmt: skip
             destination, out_headers = self.settings.topic(route.topic), route.headers
+            outcome = "dead_letter"
         else:
             destination, out_headers = origin, without_not_before(message.headers())
+            outcome = "returned"
         self.producer.produce(
             destination, key=message.key(), value=message.value(), headers=out_headers
         )
         self.sent[destination] += 1
+        return outcome
 
     def _resume_due(self, now: datetime) -> None:
         due = [where for where, at in self.paused.items() if at <= now]
@@ -217,8 +228,13 @@ def run(settings: Settings) -> None:
     configure_logging()
     retrier = build(settings)
     on_stop_signal(lambda: setattr(retrier, "stopping", True))
+    server = serve_metrics(
+        settings.retrier_metrics_port, retrier.assignment.ready, host=settings.metrics_host
+    )
+    log.info("metrics on %s:%d", settings.metrics_host, server.port)
     try:
         retrier.run()
     finally:
+        server.close()
         retrier.consumer.close()
         log.info("retrier stopped: %s", dict(retrier.sent))

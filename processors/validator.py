@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import redis
 from confluent_kafka import (
@@ -46,9 +47,12 @@ from bankflow.failures import (
     DependencyUnavailable,
     HeaderList,
     PoisonMessage,
+    header_map,
     route_failure,
     without_failure_headers,
 )
+from bankflow.metrics import NO_REASON, ValidatorMetrics, registered
+from bankflow.observability import Assignment, serve_metrics
 from bankflow.runtime import configure_logging, next_offsets, on_stop_signal
 from bankflow.settings import Settings
 from processors.fraud import (
@@ -67,12 +71,15 @@ from processors.validation import (
     is_customer_request,
     validate,
 )
+from schemas import headers as h
 from schemas.errors import describe
 from schemas.topics import (
     TRANSFERS_ACCEPTED,
+    TRANSFERS_DLQ,
     TRANSFERS_REJECTED,
     TRANSFERS_REQUESTED,
     TRANSFERS_REVIEW,
+    retry_topic,
 )
 from schemas.transfers import (
     AcceptedTransfer,
@@ -109,6 +116,9 @@ class Validator:
         self.producer = self._new_producer()
         self.stopping = False
         self.decisions: Counter[str] = Counter()
+        self.metrics = registered(ValidatorMetrics)
+        self.retry_tiers = {retry_topic(tier): tier for tier in settings.retry_tiers}
+        self.assignment = Assignment()
 
     def _new_producer(self) -> Producer:
         producer = kafka_producer(
@@ -124,7 +134,7 @@ class Validator:
         return producer
 
     def subscribe(self) -> None:
-        self.consumer.subscribe([self.settings.topic(TRANSFERS_REQUESTED)])
+        self.assignment.subscribe(self.consumer, [self.settings.topic(TRANSFERS_REQUESTED)])
 
     def run(self) -> None:
         self.subscribe()
@@ -155,7 +165,32 @@ class Validator:
             self._recover(exc.args[0])
             return 0
         self.decisions.update(topic for topic, *_ in outputs)
+        self._count(outputs)
         return len(messages)
+
+    def _count(self, outputs: Sequence[Output]) -> None:
+        """Decisions by outcome and reason, once their transaction committed."""
+        for topic, _key, value, headers in outputs:
+            outcome, reason = self.decision_labels(topic, value, headers)
+            self.metrics.decisions.labels(outcome, reason).inc()
+            if outcome == "retry":
+                self.metrics.retries.labels("validator", self.retry_tiers[topic]).inc()
+
+    def decision_labels(
+        self, topic: str, value: bytes | None, headers: HeaderList | None
+    ) -> tuple[str, str]:
+        """An output's outcome and its reason: the first reason code, or the error class."""
+        if topic == TRANSFERS_ACCEPTED:
+            return "accepted", NO_REASON
+        if topic in (TRANSFERS_REVIEW, TRANSFERS_REJECTED):
+            # Rejections and holds are the minority; reading their reasons back from
+            # the message keeps the decision code free of metrics.
+            body = orjson.loads(value or b"{}")
+            reasons = body.get("risk_reasons" if topic == TRANSFERS_REVIEW else "reasons") or []
+            outcome = "review" if topic == TRANSFERS_REVIEW else "rejected"
+            return outcome, str(reasons[0]) if reasons else NO_REASON
+        error_class = header_map(headers).get(h.ERROR_CLASS, "unknown")
+        return ("dead_letter" if topic == TRANSFERS_DLQ else "retry"), error_class
 
     def _decide(self, messages: Sequence[Message]) -> list[Output]:
         """Every output of a batch, in the order of the input.
@@ -435,9 +470,14 @@ def run(settings: Settings) -> None:
     validator = build(settings)
     log.info("fraud rules %s from %s", validator.ruleset.version, settings.fraud_rules)
     on_stop_signal(lambda: setattr(validator, "stopping", True))
+    server = serve_metrics(
+        settings.validator_metrics_port, validator.assignment.ready, host=settings.metrics_host
+    )
+    log.info("metrics on %s:%d", settings.metrics_host, server.port)
     try:
         validator.run()
     finally:
+        server.close()
         validator.consumer.close()
         validator.close_connection()
         log.info("validator stopped: %s", dict(validator.decisions))

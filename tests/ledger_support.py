@@ -29,6 +29,11 @@ from schemas.transfers import AcceptedTransfer, TransferSource
 from tests.conftest import TESTS_DIR
 
 EUR = "EUR"
+#: The services whose metrics port ``settings_env`` sets to 0 (the lag exporter's is apart).
+METRICS_PORT_NAMES = (
+    "API", "VALIDATOR", "RETRIER", "POSTER", "RELAY", "INBOX_WATCHER", "DLQ_SINK", "TRACKER",
+    "CACHE",
+)  # fmt: skip
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -55,6 +60,10 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "BANKFLOW_INBOX": str(settings.inbox),
             "BANKFLOW_POSTER_BATCH_MAX": str(settings.poster_batch_max),
             "BANKFLOW_POSTER_BATCH_WAIT_MS": str(settings.poster_batch_wait_ms),
+            # Every service serves metrics on a port of its own; 0 binds a free one, so
+            # tests running side by side (and two posters in one test) never collide.
+            # A test that scrapes a service passes its port in ``extra``.
+            **{f"BANKFLOW_{name}_METRICS_PORT": "0" for name in METRICS_PORT_NAMES},
         }
     )
     env["PYTHONUNBUFFERED"] = "1"  # logs reach their files as they happen

@@ -83,6 +83,10 @@ class BatchSummary:
     duplicates: int = 0
     dead_letters: int = 0
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    #: For the poster's metrics: minor units posted per currency, and when each posted
+    #: transfer was requested (its request-to-posted latency ends at the commit).
+    posted_minor: dict[str, int] = field(default_factory=dict)
+    posted_requested_at: list[datetime] = field(default_factory=list)
 
 
 def write_batch(  # noqa: PLR0917 - the batch's parts, each named at every call
@@ -105,7 +109,7 @@ def write_batch(  # noqa: PLR0917 - the batch's parts, each named at every call
         write_prepared(conn, prepare(fresh, result, topics, datetime.now(UTC)))
         _store_offsets(conn, group_id, ranges)
         _insert_dead_letters(conn, [_dead_letter_row(d, topics.dlq) for d in dead_letters])
-    return _summarise(result.outcomes, duplicates, len(dead_letters))
+    return _summarise(fresh, result.outcomes, duplicates, len(dead_letters))
 
 
 def _check_and_lock_offsets(
@@ -395,11 +399,21 @@ def _insert_dead_letters(conn: psycopg.Connection[Any], rows: list[OutboxRow]) -
         )
 
 
-def _summarise(outcomes: Sequence[Outcome], duplicates: int, dead_letters: int) -> BatchSummary:
+def _summarise(
+    fresh: Sequence[ConsumedTransfer],
+    outcomes: Sequence[Outcome],
+    duplicates: int,
+    dead_letters: int,
+) -> BatchSummary:
     summary = BatchSummary(duplicates=duplicates, dead_letters=dead_letters)
-    for outcome in outcomes:
+    for consumed, outcome in zip(fresh, outcomes, strict=True):
         if outcome.status == "posted":
             summary.posted += 1
+            t = consumed.transfer
+            summary.posted_minor[t.currency] = summary.posted_minor.get(t.currency, 0) + (
+                t.amount_minor
+            )
+            summary.posted_requested_at.append(t.requested_at)
         else:
             summary.failed += 1
             reason = outcome.reason.value if outcome.reason else "unknown"

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
+from bankflow.metrics import IngestMetrics, registered
+from bankflow.observability import serve_metrics
 from bankflow.runtime import configure_logging, on_stop_signal
 from bankflow.settings import Settings
 from producers.ingest.run import file_digest, ingest
@@ -73,6 +76,10 @@ def process(settings: Settings, path: Path, inbox: Path) -> None:
     )
     path.replace(target / path.name)
     checkpoint.unlink(missing_ok=True)
+    metrics = registered(IngestMetrics)
+    metrics.files.labels("refused" if report.refused else "done").inc()
+    metrics.requests.inc(report.requests_produced)
+    metrics.rejected_lines.inc(report.error_count)
     log.info(
         "%s: %d requests, %d lines rejected%s",
         path.name,
@@ -94,8 +101,21 @@ def run(settings: Settings) -> None:
 
     on_stop_signal(stop)
     log.info("watching %s", inbox.resolve())
+    # Ready while the inbox is there to watch; Kafka is checked by each file's ingest.
+    server = serve_metrics(
+        settings.inbox_watcher_metrics_port, inbox.is_dir, host=settings.metrics_host
+    )
+    log.info("metrics on %s:%d", settings.metrics_host, server.port)
+    try:
+        _watch(settings, inbox, lambda: stopping)
+    finally:
+        server.close()
+
+
+def _watch(settings: Settings, inbox: Path, stopping: Callable[[], bool]) -> None:
+    """Take each file once it stayed unchanged for a whole poll, until ``stopping()``."""
     seen: dict[Path, tuple[int, int]] = {}
-    while not stopping:
+    while not stopping():
         current = {}
         for path in _candidates(inbox):
             stat = path.stat()
@@ -103,7 +123,7 @@ def run(settings: Settings) -> None:
             if seen.get(path) == current[path]:  # unchanged for a whole poll: complete
                 process(settings, path, inbox)
                 current.pop(path)
-                if stopping:
+                if stopping():
                     break
         seen = current
         time.sleep(POLL_S)
