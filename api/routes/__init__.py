@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import auth, review, transfers, users
+from api.routes import accounts, auth, review, transfers, users
 
-ROUTERS: tuple[APIRouter, ...] = (auth.router, users.router, transfers.router, review.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    auth.router,
+    users.router,
+    transfers.router,
+    review.router,
+    accounts.router,
+)
