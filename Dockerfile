@@ -12,5 +12,7 @@ COPY schemas schemas
 COPY infra infra
 RUN pip install --no-cache-dir .
 RUN useradd --system --uid 10001 bankflow
+# The inbox watcher's folder (a volume in docker-compose.yml), writable by the service.
+RUN mkdir /app/inbox && chown bankflow /app/inbox
 USER bankflow
 ENTRYPOINT ["bankflow"]

@@ -60,3 +60,46 @@ def test_every_bankflow_command_in_compose_exists() -> None:
         if "build" in service:
             result = runner.invoke(app, [*service["command"], "--help"])
             assert result.exit_code == 0, f"{name}: bankflow {service['command']}: {result.output}"
+
+
+def test_prometheus_and_grafana_come_from_official_images_with_our_config() -> None:
+    services = load()["services"]
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+    root = COMPOSE.parent
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (root / source).exists(), f"{name} mounts {source}, which is missing"
+    mounts = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"} <= mounts
+    mounts = {v.split(":")[1] for v in services["grafana"]["volumes"]}
+    assert {"/etc/grafana/provisioning", "/var/lib/grafana/dashboards"} <= mounts
+
+
+def test_prometheus_scrapes_every_service_of_compose_on_its_metrics_port() -> None:
+    from bankflow.services import SERVICES
+    from bankflow.settings import Settings
+
+    services = load()["services"]
+    config = yaml.safe_load(
+        (COMPOSE.parent / "infra" / "prometheus" / "prometheus.yml").read_text()
+    )
+    assert "/etc/prometheus/alerts.yml" in config["rule_files"]
+    scraped = {
+        job["job_name"]: target
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    defaults = Settings.model_construct()  # the documented defaults, whatever the environment
+    ran = {name for name, s in services.items() if s.get("command", [None])[0] == "run"}
+    assert ran, "no bankflow service in docker-compose.yml"
+    for name in ran:
+        service = services[name]["command"][1]
+        assert service in SERVICES, name
+        assert scraped.get(service) == f"{name}:{defaults.metrics_port(service)}", service
+        # Bound to every interface inside the container, or Prometheus cannot reach it.
+        assert services[name]["environment"]["BANKFLOW_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
+    assert set(scraped) <= ran, "prometheus.yml scrapes a service compose does not run"
