@@ -159,12 +159,23 @@ class MonthOfEntries:
     lines: list[StatementLine]
 
 
+#: The balance after the account's last entry before an instant (``entries_by_time``).
+BALANCE_BEFORE_SQL = (
+    "select balance_after_minor from entries where account_id = %s and posted_at < %s "
+    "order by posted_at desc, id desc limit 1"
+)
+#: A month's entries in ledger order, with what a statement line shows.
+MONTH_SQL = (
+    "select e.id as entry_id, e.posted_at, e.transfer_id, e.amount_minor, "
+    "e.balance_after_minor, t.description, t.category, o.iban as counterparty_iban "
+    f"from entries e join transfers t on t.id = e.transfer_id {_COUNTERPARTY} "
+    "where e.account_id = %s and e.posted_at >= %s and e.posted_at < %s "
+    "order by e.id limit %s"
+)
+
+
 async def _balance_before(conn: Conn, account_id: uuid.UUID, instant: datetime) -> int:
-    cursor = await conn.execute(
-        "select balance_after_minor from entries where account_id = %s and posted_at < %s "
-        "order by posted_at desc, id desc limit 1",
-        (account_id, instant),
-    )
+    cursor = await conn.execute(BALANCE_BEFORE_SQL, (account_id, instant))
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
 
@@ -179,13 +190,6 @@ async def month_of_entries(
     opening = await _balance_before(conn, account_id, period.start)
     closing = await _balance_before(conn, account_id, period.end)
     async with conn.cursor(row_factory=class_row(StatementLine)) as cur:
-        await cur.execute(
-            "select e.id as entry_id, e.posted_at, e.transfer_id, e.amount_minor, "
-            "e.balance_after_minor, t.description, t.category, o.iban as counterparty_iban "
-            f"from entries e join transfers t on t.id = e.transfer_id {_COUNTERPARTY} "
-            "where e.account_id = %s and e.posted_at >= %s and e.posted_at < %s "
-            "order by e.id limit %s",
-            (account_id, period.start, period.end, lines_max + 1),
-        )
+        await cur.execute(MONTH_SQL, (account_id, period.start, period.end, lines_max + 1))
         lines = await cur.fetchall()
     return MonthOfEntries(opening_minor=opening, closing_minor=closing, lines=lines)
