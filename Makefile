@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml
 
 ## setup: virtualenv, the local stack (Kafka, PostgreSQL, Redis), migrations, topics
 setup: $(STAMP)
+	@# pdftotext (Debian's poppler-utils) reads statement PDFs in the tests; installed as
+	@# `bankflow stack up` installs its servers: with apt-get as root, else say what to do.
+	@command -v pdftotext >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& echo "installing poppler-utils with apt-get ..." \
+		&& { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true; } \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils >/dev/null; } \
+		|| { echo "pdftotext is missing: install Debian's poppler-utils (sudo apt-get install poppler-utils)"; exit 1; }
 	$(BANKFLOW) stack up
 	$(BANKFLOW) migrate
 	$(BANKFLOW) topics create
