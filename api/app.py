@@ -24,6 +24,7 @@ from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, UnexpectedErrors
 from api.openapi import openapi_builder
 from api.ratelimit import RateLimitByAddress
+from api.request_log import RequestLog
 from api.routes import ROUTERS
 from bankflow.bootstrap import db_connect, kafka_admin, redis_client
 from bankflow.settings import Settings, get_settings
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_body_max_bytes)
     # Outermost of all: every answer is counted, the 413s, 429s and 500s above included.
     app.add_middleware(RequestMetrics)
+    # Around even that: every line logged while a request is served carries its correlation id.
+    app.add_middleware(RequestLog)
     _add_health_checks(app, settings)
     v1 = APIRouter(prefix=API_PREFIX)
     for router in ROUTERS:
@@ -137,6 +140,9 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from bankflow.observability import serve_metrics
+    from bankflow.runtime import configure_logging
+
+    configure_logging()
 
     server = serve_metrics(
         settings.api_metrics_port,
@@ -144,8 +150,11 @@ def serve(settings: Settings) -> None:
         host=settings.metrics_host,
     )
     try:
+        # uvicorn's own logging config is left out, so its lines go through ours (JSON,
+        # redacted); its access log is replaced by ``api.request_log.RequestLog``.
         uvicorn.run(
-            create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info"
-        )
+            create_app(settings), host=settings.api_host, port=settings.api_port,
+            log_config=None, access_log=False,
+        )  # fmt: skip
     finally:
         server.close()

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from api import ratelimit, sessions, tokens
 from api.context import ApiContext
 from api.errors import Forbidden, Unauthorized
+from bankflow import logs
 from bankflow.settings import Settings
 from schemas.auth import ROLES, STAFF_ROLES, Role
 
@@ -132,6 +133,7 @@ async def current_user(
         revoked = any(value is not None for value in denied)
     except RedisError:  # the limit is not checked; revocation falls back to PostgreSQL
         retry_after, revoked = None, await sessions.is_revoked(ctx, claims)
+    logs.annotate(user_id=claims.user_id)  # the request's log lines name who asked
     if revoked:
         raise Unauthorized("this access token was revoked (signed out); sign in again")
     if retry_after is not None:

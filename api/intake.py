@@ -21,6 +21,7 @@ import redis.asyncio
 
 from api.context import ApiContext
 from api.errors import ApiError
+from bankflow import logs
 from schemas import headers as h
 from schemas.topics import TRANSFERS_REQUESTED
 from schemas.transfers import TransferRequest, transfer_id_for
@@ -72,6 +73,13 @@ async def submit(
 ) -> None:
     """Produce ``request`` once per key; return when the broker has it (or had it before)."""
     key = _key(ctx, user_id, idempotency_key)
+    logs.annotate(transfer_id=request.transfer_id)  # the request's log line names it
+    trace = logs.traceparent()
+    headers: list[tuple[str, str | bytes | None]] = [
+        (h.CORRELATION_ID, (request.correlation_id or "").encode())
+    ]
+    if trace:
+        headers.append((h.TRACEPARENT, trace.encode()))
     try:
         state = await _claim(ctx.redis, key, print_)
         if state == "new" or (state == "pending" and not await _wait_sent(ctx.redis, key)):
@@ -79,7 +87,7 @@ async def submit(
                 ctx.settings.topic(TRANSFERS_REQUESTED),
                 key=request.debit_account.encode(),
                 value=request.model_dump_json().encode(),
-                headers=[(h.CORRELATION_ID, (request.correlation_id or "").encode())],
+                headers=headers,
             )
             async with ctx.redis.pipeline(transaction=False) as pipe:
                 pipe.set(key, _record(print_, "sent"), ex=IDEMPOTENCY_TTL_S)

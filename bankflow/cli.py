@@ -778,6 +778,9 @@ def run(
         known = ", ".join(["all", *SERVICES, *DEMO])
         console.print(f"[red]unknown service {service!r}[/red]; known: {known}")
         raise typer.Exit(2)
+    from bankflow.logs import set_service
+
+    set_service(service)  # every log line of the process names its service
     entry_point(service)(settings)
 
 

@@ -16,7 +16,15 @@ DB_BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30)
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    """Redacted log lines on stderr, JSON or text as ``BANKFLOW_LOG_FORMAT`` says.
+
+    See ``bankflow.logs``; the service name comes from ``bankflow run NAME``.
+    """
+    from bankflow.logs import configure
+    from bankflow.settings import get_settings
+
+    settings = get_settings()
+    configure(fmt=settings.log_format_chosen, level=settings.log_level)
 
 
 def on_stop_signal(stop: Callable[[], None]) -> None:

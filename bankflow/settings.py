@@ -45,6 +45,10 @@ class Settings(BaseSettings):
 
     env: Literal["dev", "test", "staging", "prod"] = "dev"
     state_dir: Path = Field(default_factory=default_state_dir)
+    #: Log lines (``bankflow.logs``): one JSON object per line, or text for a terminal;
+    #: "auto" is text with ``BANKFLOW_ENV=dev`` and JSON everywhere else.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Kafka. The bootstrap address follows the local broker's port unless set.
     kafka_bootstrap: str = ""
@@ -188,6 +192,13 @@ class Settings(BaseSettings):
                     "the placeholder is only accepted with BANKFLOW_ENV=dev"
                 )
         return self
+
+    @property
+    def log_format_chosen(self) -> Literal["json", "text"]:
+        """``log_format`` with "auto" decided: text in dev, JSON elsewhere."""
+        if self.log_format == "auto":
+            return "text" if self.env == "dev" else "json"
+        return self.log_format
 
     @property
     def stack_env_file(self) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Message
 
+from bankflow import logs
 from bankflow.bootstrap import db_connect, kafka_consumer
 from bankflow.dead_letters import store
 from bankflow.metrics import GAUGE_REFRESH_S, DeadLetterMetrics, logical_topic, registered
@@ -69,6 +70,7 @@ class DeadLetterSink:
                 logical_topic(topic, self.settings.topic_prefix),
                 m_headers.get(h.ERROR_CLASS, "unknown"),
             ).inc()
+        _log_stored(messages, headers)
         return len(messages)
 
     def _count_open(self) -> None:
@@ -84,6 +86,22 @@ class DeadLetterSink:
     def reconnect(self) -> None:
         self.conn.close()
         self.conn = db_connect(self.settings, application_name="bankflow-dlq-sink", autocommit=True)
+
+
+def _log_stored(messages: list[Message], headers: list[dict[str, str]]) -> None:
+    """A line per dead letter stored: rare, and each one is for an operator to look at."""
+    for m, m_headers in zip(messages, headers, strict=True):
+        with logs.bound(**logs.message_fields(m_headers, m.value())):
+            log.warning(
+                "dead letter stored from %s: %s",
+                m_headers.get(h.ORIGINAL_TOPIC, "unknown"),
+                m_headers.get(h.ERROR_CLASS, "unknown"),
+                extra={
+                    "original_offset": m_headers.get(h.ORIGINAL_OFFSET),
+                    "attempt": m_headers.get(h.ATTEMPT),
+                    "error": m_headers.get(h.ERROR_MESSAGE),
+                },
+            )
 
 
 def _headers(message: Message) -> dict[str, str]:

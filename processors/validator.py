@@ -39,6 +39,7 @@ from confluent_kafka import (
 )
 from pydantic import ValidationError
 
+from bankflow import logs
 from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer, redis_client
 from bankflow.domain.iban import account_reference_key
 from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
@@ -166,7 +167,28 @@ class Validator:
             return 0
         self.decisions.update(topic for topic, *_ in outputs)
         self._count(outputs)
+        self._log(outputs)
         return len(messages)
+
+    def _log(self, outputs: Sequence[Output]) -> None:
+        """One line per transfer held, rejected or dead-lettered, once its transaction committed.
+
+        Accepted and retried ones are the bulk (retries come in floods during an outage,
+        already logged once per batch), so they are logged at DEBUG only.
+        """
+        verbose = log.isEnabledFor(logging.DEBUG)
+        for topic, _key, value, headers in outputs:
+            outcome, reason = self.decision_labels(topic, value, headers)
+            level = _LOG_LEVELS.get(outcome, logging.DEBUG)
+            if level == logging.DEBUG and not verbose:
+                continue
+            fields = header_map(headers)
+            extra = {"outcome": outcome, "reason": reason}
+            if outcome == "dead_letter":
+                extra["attempt"] = fields.get(h.ATTEMPT, "")
+                extra["error"] = fields.get(h.ERROR_MESSAGE, "")
+            with logs.bound(**logs.message_fields(fields, value)):
+                log.log(level, "transfer %s: %s", outcome.replace("_", " "), reason, extra=extra)
 
     def _count(self, outputs: Sequence[Output]) -> None:
         """Decisions by outcome and reason, once their transaction committed."""
@@ -303,8 +325,6 @@ class Validator:
             tiers=self.settings.retry_tiers,
             now=datetime.now(UTC),
         )
-        if route.dead:
-            log.warning("dead letter after %d attempt(s): %s", route.attempt, error)
         return (route.topic, message.key(), message.value(), route.headers)
 
     def _recover(self, error: KafkaError) -> None:
@@ -328,6 +348,9 @@ class Validator:
             position = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, position))
 
+
+#: How each outcome is logged (``Validator._log``); the others at DEBUG.
+_LOG_LEVELS = {"review": logging.INFO, "rejected": logging.INFO, "dead_letter": logging.WARNING}
 
 #: One output message: logical topic, key, value, headers.
 Output = tuple[str, bytes | None, bytes | None, HeaderList | None]

@@ -6,6 +6,9 @@ from typing import Final
 
 EVENT_ID: Final = "bankflow-event-id"
 CORRELATION_ID: Final = "bankflow-correlation-id"
+#: W3C Trace Context's header, under the name its Kafka binding uses; the API puts the
+#: request's trace on what it produces and the stages pass it on with the other headers.
+TRACEPARENT: Final = "traceparent"
 
 # On retried and dead-lettered messages (see docs/architecture.md).
 ORIGINAL_TOPIC: Final = "bankflow-original-topic"

@@ -8,6 +8,7 @@ anyone, answers 409. Who decided, and when, is recorded with the row.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
@@ -17,11 +18,13 @@ from fastapi import APIRouter, Query
 from api.deps import AppSettings, AuthUser, Db, RequireRole
 from api.errors import Conflict, NotFound
 from api.problems import problem_responses
+from bankflow import logs
 from bankflow.domain.money import format_amount
 from bankflow.review import CLAIM_SQL, OUTBOX_SQL, Decision, decision_event
 from schemas.api_transfers import ReviewDecisionIn, ReviewItem, ReviewPage
 
 router = APIRouter(prefix="/review", tags=["review"])
+log = logging.getLogger("bankflow.api.review")
 Reviewer = Annotated[AuthUser, RequireRole("reviewer")]
 
 PAGE_SIZE_MAX = 200
@@ -89,6 +92,8 @@ async def _decide(
         raise NotFound(f"no transfer {transfer_id} in the review queue")
     if claimed is None:
         raise Conflict(f"transfer {transfer_id} was already decided: {row[8]} by {row[9]}")
+    logs.annotate(transfer_id=transfer_id)
+    log.info("held transfer %s by review", decision, extra={"decision": decision})
     return _item(row)
 
 
