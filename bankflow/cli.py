@@ -133,6 +133,8 @@ def status(as_json: JsonFlag = False) -> None:
             )
         Console().print(table)
         table = Table("server", "state", "address", "version", title="servers")
+        for column in table.columns:
+            column.overflow = "fold"
         for server in servers:
             colour = "green" if server.state == "up" else "red"
             table.add_row(
