@@ -28,6 +28,8 @@ setup: $(STAMP)
 	$(BANKFLOW) stack up
 	$(BANKFLOW) migrate
 	$(BANKFLOW) topics create
+	@# Headless Chromium for the ops page's browser test (apt-get, like the stack's servers).
+	$(BIN)/python -m infra.browser
 
 ## run: setup, then every service in the foreground with demo traffic (Ctrl-C stops them)
 run: setup

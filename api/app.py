@@ -23,9 +23,11 @@ from api.deps import Public
 from api.metrics import RequestMetrics
 from api.middleware import BodySizeLimit, UnexpectedErrors
 from api.openapi import openapi_builder
+from api.ops import close_monitor
 from api.ratelimit import RateLimitByAddress
 from api.request_log import RequestLog
 from api.routes import ROUTERS
+from api.routes.ops import page_router
 from bankflow.bootstrap import db_connect, kafka_admin, redis_client
 from bankflow.settings import Settings, get_settings
 
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await close_monitor(app)
             await context.close()
 
     app = FastAPI(
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         v1.include_router(router)
     app.include_router(v1)
+    app.include_router(page_router)
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     return app
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import accounts, auth, review, transfers, users
+from api.routes import accounts, auth, ops, review, transfers, users
 
 ROUTERS: tuple[APIRouter, ...] = (
     auth.router,
@@ -15,4 +15,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     transfers.router,
     review.router,
     accounts.router,
+    ops.router,
 )

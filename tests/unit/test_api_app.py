@@ -89,8 +89,11 @@ def test_staff_routes_exclude_customers_and_public_routes_are_the_expected_few(
         for method in r.methods
     }
     public = sorted(path for (_, path), a in access.items() if a.public)
+    # The ops page and its files are public and hold no data; its JSON needs staff.
     assert public == [
         "/healthz",
+        "/ops",
+        "/ops/static/{name}",
         "/readyz",
         "/v1/auth/refresh",
         "/v1/auth/register",
@@ -98,6 +101,8 @@ def test_staff_routes_exclude_customers_and_public_routes_are_the_expected_few(
     ]
     assert access[("GET", "/v1/users")].roles == {"admin"}
     assert access[("PATCH", "/v1/users/{user_id}")].roles == {"admin"}
+    for path in ("/v1/ops/lag", "/v1/ops/throughput"):
+        assert access[("GET", path)].roles == {"teller", "reviewer", "auditor", "admin"}
 
 
 def test_openapi_names_roles_and_has_an_example_for_every_body(app: FastAPI) -> None:

@@ -1,0 +1,117 @@
+"""The ops page: ``GET /ops`` and the JSON it polls, ``/v1/ops/lag`` and ``/v1/ops/throughput``.
+
+The JSON endpoints need a staff role (teller, reviewer, auditor, admin). The page
+itself (``/ops``, with its script and style under ``/ops/static/``) is public and
+holds no data: a browser cannot send a bearer token when it opens a URL, and a
+token in the URL ends up in histories and logs (RFC 6750, section 5.3). The page
+signs in with ``POST /v1/auth/token`` (or takes an access token from the URL's
+fragment, ``/ops#token=...``, which browsers never send to the server), keeps the
+tokens in ``sessionStorage`` and sends them with each poll; a customer's token gets
+403 from the JSON and the page says so. Everything the page loads is served from
+``api/static/``: operators' networks are closed, so nothing comes from a CDN, and
+the content security policy allows nothing but this origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Annotated
+
+from confluent_kafka import KafkaException
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, Response
+
+from api import ops
+from api.deps import Context, Public, RequireRole
+from api.errors import NotFound, ServiceUnavailable
+from api.problems import problem_responses
+from schemas.auth import STAFF_ROLES
+from schemas.ops import LagView, ThroughputView
+
+router = APIRouter(prefix="/ops", tags=["ops"], dependencies=[RequireRole(*STAFF_ROLES)])
+#: Mounted at the root by ``api.app``, not under ``/v1``: a page, not a resource.
+page_router = APIRouter(tags=["ops"])
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+STATIC_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}\.(?:js|css|svg)$"
+#: The page and its files allow nothing from elsewhere, no inline script, no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+async def _monitor(request: Request, ctx: Context) -> ops.OpsMonitor:
+    monitor: ops.OpsMonitor | None = getattr(request.app.state, "ops", None)
+    if monitor is None:
+        monitor = request.app.state.ops = ops.OpsMonitor(ctx.settings)
+    return monitor
+
+
+async def _snapshot(request: Request, ctx: Context) -> ops.Snapshot:
+    monitor = await _monitor(request, ctx)
+    try:
+        return await monitor.snapshot(ctx.db_pool)
+    except (KafkaException, TimeoutError) as exc:
+        raise ServiceUnavailable(
+            f"Kafka did not answer the lag reading: {exc}", headers={"Retry-After": "5"}
+        ) from exc
+
+
+@router.get(
+    "/lag",
+    summary="Consumer lag of every group of ours (staff)",
+    responses=problem_responses(401, 403, 503),
+)
+async def lag(request: Request, ctx: Context) -> LagView:
+    """What ``bankflow lag --json`` shows, measured by this API process, with a history."""
+    return LagView.model_validate(ops.lag_view(await _snapshot(request, ctx)))
+
+
+@router.get(
+    "/throughput",
+    summary="Messages per second per topic, postings, dead letters, review queue (staff)",
+    responses=problem_responses(401, 403, 503),
+)
+async def throughput(request: Request, ctx: Context) -> ThroughputView:
+    return ThroughputView.model_validate(ops.throughput_view(await _snapshot(request, ctx)))
+
+
+@page_router.get(
+    "/ops",
+    summary="The ops page (it signs in itself; its data needs a staff role)",
+    response_class=HTMLResponse,
+    dependencies=[Public],
+)
+async def page() -> HTMLResponse:
+    html = await asyncio.to_thread((STATIC_DIR / "ops.html").read_bytes)
+    return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+
+@page_router.get(
+    "/ops/static/{name}",
+    summary="The ops page's script and style",
+    dependencies=[Public],
+    response_class=Response,
+    responses={
+        200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "The file"},
+        **problem_responses(404),
+    },
+)
+async def static_file(name: Annotated[str, PathParam(pattern=STATIC_NAME)]) -> Response:
+    path = STATIC_DIR / name
+    # The pattern allows no separator, so ``path`` stays in the folder; a name that is
+    # not one of its files is a 404.
+    if not re.fullmatch(STATIC_NAME, name) or not path.is_file():
+        raise NotFound(f"no file {name} on the ops page")
+    content = await asyncio.to_thread(path.read_bytes)
+    return Response(content, media_type=MEDIA_TYPES[path.suffix], headers=SECURITY_HEADERS)
