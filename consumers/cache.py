@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from bankflow.balance_cache import BalanceCache
 from bankflow.bootstrap import db_connect_async, redis_async
 from bankflow.ledger.account_store import balance_snapshots
+from bankflow.observability import serve_metrics
 from bankflow.runtime import DB_BACKOFF_S, configure_logging
 from bankflow.settings import Settings
 from schemas.topics import TRANSFERS_POSTED
@@ -60,6 +61,13 @@ class CacheUpdater:
         self.cache = BalanceCache(client, settings.redis_prefix)
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.stored = 0
+        #: Set once the worker runs the agent; cleared while a batch is being retried.
+        self.started = False
+        self.failing = False
+
+    def ready(self) -> bool:
+        """For ``/readyz``: the agent runs and its last batch was stored."""
+        return self.started and not self.failing
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:
@@ -91,8 +99,10 @@ class CacheUpdater:
         for attempt, wait_s in enumerate((*DB_BACKOFF_S, None)):
             try:
                 await self.apply(values)
+                self.failing = False
                 return
             except (psycopg.OperationalError, RedisError) as exc:
+                self.failing = True
                 if wait_s is None:
                     raise
                 log.warning("attempt %d failed (%r); retrying in %s s", attempt + 1, exc, wait_s)
@@ -120,8 +130,8 @@ def _decode(values: Sequence[bytes]) -> list[TransferEvent]:
     return events
 
 
-def build_app(settings: Settings) -> faust.App:
-    """The faust app with its one agent; ``run`` starts it as a worker."""
+def build_app(settings: Settings) -> tuple[faust.App, CacheUpdater]:
+    """The faust app with its one agent, and what the agent updates the cache with."""
     app = faust.App(
         group_id(settings),
         broker=[f"kafka://{address}" for address in settings.kafka_bootstrap.split(",")],
@@ -150,21 +160,27 @@ def build_app(settings: Settings) -> faust.App:
                 raise
 
     async def announce() -> None:
+        updater.started = True
         log.info("cache agent: group %s, reading %s", app.conf.id, source.get_topic_name())
 
     app.task(announce)  # runs once the worker has started (and set up logging)
-    return app
+    return app, updater
 
 
 def run(settings: Settings) -> None:
     """``bankflow run cache``: the agent as a faust worker until SIGTERM or SIGINT."""
-    app = build_app(settings)
+    app, updater = build_app(settings)
     # Logging as every service has it; the worker leaves it alone (and shows no
     # terminal spinner) and stops on SIGTERM or SIGINT. faust's own start-up chatter
     # is long, so its loggers and its Kafka client's keep to warnings.
     configure_logging()
     for noisy in ("faust", "mode", "aiokafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # /metrics (the process's own), /healthz and /readyz, as every service serves them.
+    metrics = serve_metrics(settings.cache_metrics_port, updater.ready, host=settings.metrics_host)
     worker = faust.Worker(app, quiet=True, override_logging=False)
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        metrics.close()

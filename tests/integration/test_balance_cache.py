@@ -8,6 +8,7 @@ replay would deliver them), spread over the topic's partitions.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from bankflow.balance_cache import BalanceCache, entry_key, seen_key
 from bankflow.bootstrap import kafka_producer, redis_async
 from bankflow.domain.balances import BalanceSnapshot
+from bankflow.observability import probe
 from bankflow.settings import Settings
 from consumers.relay import relay_once
 from schemas.topics import TRANSFERS_POSTED
@@ -34,6 +36,13 @@ pytestmark = pytest.mark.timeout(120)
 
 #: faust joins its group and starts its agent within a few seconds on two cores.
 AGENT_WAIT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port: int = probe_socket.getsockname()[1]
+        return port
 
 
 def ledger_versions(db: Any, accounts: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, int]]:
@@ -86,7 +95,8 @@ def test_the_agent_keeps_balances_at_the_ledgers_version(
     publish(settings, db, again_reversed=True)
 
     log = tmp_path / "cache.log"
-    agent = start_service(settings, "cache", log=log)
+    port = free_port()
+    agent = start_service(settings, "cache", log=log, BANKFLOW_CACHE_METRICS_PORT=str(port))
     try:
         wait_for(
             lambda: (
@@ -96,6 +106,7 @@ def test_the_agent_keeps_balances_at_the_ledgers_version(
             f"the agent to cache the first batch (its log: {log})",
         )
         assert agent.poll() is None, log.read_text()
+        assert probe("127.0.0.1", port) == {"healthz": True, "readyz": True}
         second = [accepted(b, a, 700), accepted(a, b, 3)]
         produce_accepted(settings, second, partition=0)
         drain_in_process(settings, len(first) + len(second))
