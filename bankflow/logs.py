@@ -414,10 +414,14 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger [service] message key=value ...``, for a terminal in dev."""
+    """``time [service] logger LEVEL message key=value ...``, for a terminal in dev.
+
+    The order after the service is the one bankflow's text logs always had, which
+    tests and operators' greps (``" INFO assigned "``) rely on.
+    """
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(service)s] %(message)s")
+        super().__init__("%(asctime)s [%(service)s] %(name)s %(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         setattr(record, "service", _service)  # noqa: B010 - LogRecord declares no such field

@@ -211,7 +211,7 @@ def test_text_format_keeps_fields_on_the_first_line() -> None:
         root.removeHandler(handler)
     line = buffer.getvalue().strip()
     assert line.endswith("held for review transfer_id=t-9 score=70")
-    assert " INFO bankflow.test [bankflow] " in line
+    assert " [bankflow] bankflow.test INFO held " in line
 
 
 def test_configure_twice_keeps_one_handler_and_redacts_every_handler(captured: Captured) -> None:
