@@ -20,7 +20,8 @@ scope already open (the user id found by authentication, the transfer id the
 intake derived), so the request's final log line carries it too.
 
 Redaction happens before any handler formats a record, on the message, the
-arguments, the extra fields, the context and the traceback; see ``redact_text``.
+arguments, the extra fields and the traceback, and on context fields when they are
+bound; see ``redact_text``.
 Nothing here reads settings or the environment.
 """
 
@@ -90,7 +91,9 @@ def context() -> dict[str, str]:
 
 
 def _strings(fields: Mapping[str, object]) -> dict[str, str]:
-    return {k: str(v) for k, v in fields.items() if v is not None}
+    """Fields as text, redacted once here rather than on every line that carries them
+    (a client chooses its correlation id)."""
+    return {k: redact_value(str(v), k) for k, v in fields.items() if v is not None}
 
 
 # ------------------------------------------------------- W3C trace context
@@ -286,14 +289,29 @@ def redact_text(text: str) -> str:
     passing the Luhn check, with or without spaces or dashes) ``****`` and their last
     four digits. Keys first, so a key's whole value goes, whatever it looks like.
     """
+    # Every line of every service comes through here, most with nothing to mask: each
+    # rule runs only when the text holds what it needs (a separator, "://", "eyJ", "@",
+    # 13 digits), which a C-speed test finds. That keeps a typical line at a few
+    # microseconds instead of tens.
     if not text:
         return text
-    text = _KEY_VALUE.sub(_mask_value, text)
-    text = _URL_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
-    text = _JWT.sub("[JWT]", text)
-    text = _BEARER.sub(rf"\1 {REDACTED}", text)
-    text = _EMAIL.sub("[EMAIL]", text)
-    return _DIGIT_GROUPS.sub(_mask_cards, text)
+    if "=" in text or ":" in text:
+        text = _KEY_VALUE.sub(_mask_value, text)
+        if "://" in text:
+            text = _URL_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
+    if "eyJ" in text:
+        text = _JWT.sub("[JWT]", text)
+    if _BEARER_HINT.search(text):
+        text = _BEARER.sub(rf"\1 {REDACTED}", text)
+    if "@" in text:
+        text = _EMAIL.sub("[EMAIL]", text)
+    if len(text) - len(text.translate(_NO_DIGITS)) >= CARD_DIGITS_MIN:
+        text = _DIGIT_GROUPS.sub(_mask_cards, text)
+    return text
+
+
+_BEARER_HINT = re.compile(r"(?i)bearer|basic")
+_NO_DIGITS = str.maketrans("", "", "0123456789")
 
 
 #: Nested values are redacted this deep; deeper ones are replaced whole.
@@ -312,6 +330,10 @@ def redact_value(value: Any, key: str | None = None, depth: int = 0) -> Any:
         return {str(k): redact_value(v, str(k), depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [redact_value(v, None, depth + 1) for v in value]
+    if isinstance(value, int) and -(10 ** (CARD_DIGITS_MIN - 1)) < value < 10 ** (
+        CARD_DIGITS_MIN - 1
+    ):
+        return value  # too few digits for a card number
     # Text, and anything else as its text; an int stays one unless it was a card number.
     text = str(value)
     masked = redact_text(text)
@@ -349,8 +371,9 @@ class Redact(logging.Filter):
     """Mask secrets and personal data in a record before any handler formats it.
 
     It renders the message with its arguments and redacts the result (an argument
-    is often where a secret hides), redacts every extra field, the captured context
-    and the traceback text. A record passes once: a second handler finds it done.
+    is often where a secret hides), redacts every extra field and the traceback text,
+    and captures the context (redacted when it was bound). A record passes once: a
+    second handler finds it done.
     """
 
     _plain = logging.Formatter()
@@ -365,7 +388,7 @@ class Redact(logging.Filter):
         record.msg, record.args = redact_text(message), None
         for key, value in extra_fields(record).items():
             setattr(record, key, redact_value(value, key))
-        setattr(record, _CONTEXT_ATTR, {k: redact_text(v) for k, v in context().items()})
+        setattr(record, _CONTEXT_ATTR, context())  # redacted when it was bound
         if record.exc_info and not record.exc_text:
             record.exc_text = self._plain.formatException(record.exc_info)
         if record.exc_text:
