@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.ops import REFRESH_MIN_S
 from bankflow.bootstrap import kafka_producer
 from bankflow.settings import Settings
 from infra.browser import chromium_path
@@ -31,6 +33,7 @@ from tests.integration.test_structured_logs import api_process
 pytestmark = pytest.mark.timeout(180)
 
 WAITING = 7
+MORE = 5
 ARTIFACTS = TESTS_DIR / "artifacts"
 #: Virtual time Chromium gives the page: two polls at 5 s; network waits do not count.
 VIRTUAL_TIME_BUDGET_MS = 7000
@@ -112,6 +115,11 @@ def test_the_ops_page_draws_its_charts_and_shows_the_lag_the_api_reports(
         page = Page()
         page.feed(dumped.stdout)
         reported = http.get("/v1/ops/lag", headers=auth).json()
+        # More traffic, and the next evaluation sees it as messages per second.
+        for n in range(MORE):
+            producer.produce(settings.topic(TRANSFERS_REQUESTED), key=str(n).encode(), value=b"{}")
+        assert producer.flush(30) == 0
+        time.sleep(REFRESH_MIN_S + 0.2)
         throughput = http.get("/v1/ops/throughput", headers=auth).json()
 
         ARTIFACTS.mkdir(exist_ok=True)
@@ -127,8 +135,9 @@ def test_the_ops_page_draws_its_charts_and_shows_the_lag_the_api_reports(
     shown = {row["data-group"]: int(row["data-lag-messages"] or -1) for row in page.rows}
     assert shown == _lag(reported)
     assert shown["validator"] == shown["tracker"] == WAITING
-    ends = {stage["topic"]: stage["end_offset"] for stage in throughput["stages"]}
-    assert ends[TRANSFERS_REQUESTED] == WAITING
+    stages = {stage["topic"]: stage for stage in throughput["stages"]}
+    assert stages[TRANSFERS_REQUESTED]["end_offset"] == WAITING + MORE
+    assert stages[TRANSFERS_REQUESTED]["messages_per_s"] > 0
     assert {row["data-status"] for row in page.rows} <= {"OK", "WARN", "STALL", "STOP"}
     # Every chart was drawn: a line (or a first point) per group, a bar per stage.
     assert int(page.charts["lag"]["data-series"] or 0) == len(reported["groups"])
