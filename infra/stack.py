@@ -66,6 +66,19 @@ class ServerStatus:
         return asdict(self)
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64 without padding.
+
+    One in 64 of those starts with "-", which the storage tool's argument parser
+    takes for an option ("--cluster-id expected one argument"); Kafka's own
+    ``Uuid.randomUuid`` draws again in that case, and so does this.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class LocalStack:
     """Starts, stops and inspects the three servers of the local stack."""
 
@@ -222,8 +235,7 @@ class LocalStack:
         return props
 
     def _format_kafka_storage(self, classpath: str, props: Path) -> None:
-        # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             [
                 "java",
@@ -232,8 +244,7 @@ class LocalStack:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(props),
             ],

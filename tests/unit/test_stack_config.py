@@ -70,3 +70,11 @@ def test_resolved_jars_are_not_fetched_again(tmp_path: Path, monkeypatch) -> Non
 def test_passwords_are_redacted_from_printed_urls() -> None:
     assert _redact("postgresql://bankflow:hunter2@h:1/d") == "postgresql://bankflow:***@h:1/d"
     assert _redact("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_take_for_an_option() -> None:
+    from infra.stack import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5_000)]  # a dash first would show ~78 times
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
