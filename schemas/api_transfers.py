@@ -20,6 +20,7 @@ from schemas.transfers import (
     CATEGORY_MAX,
     DESCRIPTION_MAX,
     TAGS_MAX,
+    TEXT_PATTERN,
     Currency,
     Tag,
 )
@@ -74,10 +75,11 @@ class TransferIn(_Body):
 
     debit_account: uuid.UUID
     credit_account: str = Field(
-        min_length=1, max_length=ACCOUNT_REFERENCE_MAX, description="An account id or an IBAN."
-    )
-    description: str = Field(default="", max_length=DESCRIPTION_MAX)
-    category: str | None = Field(default=None, max_length=CATEGORY_MAX)
+        min_length=1, max_length=ACCOUNT_REFERENCE_MAX, pattern=TEXT_PATTERN,
+        description="An account id or an IBAN.",
+    )  # fmt: skip
+    description: str = Field(default="", max_length=DESCRIPTION_MAX, pattern=TEXT_PATTERN)
+    category: str | None = Field(default=None, max_length=CATEGORY_MAX, pattern=TEXT_PATTERN)
     tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
 
 
@@ -99,7 +101,7 @@ class CashIn(_Body):
     )
 
     account_id: uuid.UUID
-    description: str = Field(default="", max_length=DESCRIPTION_MAX)
+    description: str = Field(default="", max_length=DESCRIPTION_MAX, pattern=TEXT_PATTERN)
 
 
 class TransferAccepted(BaseModel):
@@ -164,7 +166,7 @@ class ReviewDecisionIn(BaseModel):
         json_schema_extra={"examples": [{"note": "Customer confirmed by phone"}]},
     )
 
-    note: str | None = Field(default=None, max_length=500)
+    note: str | None = Field(default=None, max_length=500, pattern=TEXT_PATTERN)
 
 
 def example_of(model: type[BaseModel]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Annotated, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from schemas.transfers import TEXT_PATTERN
+
 #: Who may do what. ``customer`` sees only their own data; the others are staff.
 Role = Literal["customer", "teller", "reviewer", "auditor", "admin"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
@@ -26,7 +28,7 @@ PASSWORD_LENGTH_MAX: Final = 256
 FULL_NAME_MAX: Final = 200
 #: Deliberately loose: one @, something before it, a dot after it. Whether an address
 #: exists is for a confirmation email to find out, not for a pattern.
-EMAIL_PATTERN: Final = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EMAIL_PATTERN: Final = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
 
 
 def normalize_email(email: str) -> str:
@@ -50,7 +52,10 @@ Email = Annotated[
 Password = Annotated[
     str, Field(min_length=PASSWORD_LENGTH_MIN, max_length=PASSWORD_LENGTH_MAX, repr=False)
 ]
-FullName = Annotated[str, Field(min_length=1, max_length=FULL_NAME_MAX, examples=["Ada Lovelace"])]
+FullName = Annotated[
+    str,
+    Field(min_length=1, max_length=FULL_NAME_MAX, pattern=TEXT_PATTERN, examples=["Ada Lovelace"]),
+]
 
 
 class RegisterRequest(BaseModel):

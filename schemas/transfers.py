@@ -8,6 +8,7 @@ decimal strings exist only at the edges (API, files, CLI), parsed by
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -31,9 +32,14 @@ TAG_LENGTH_MAX: Final = 32
 REFERENCE_MAX: Final = 140
 ACCOUNT_REFERENCE_MAX: Final = 64
 
+#: Text that may travel to PostgreSQL: no control characters (PostgreSQL refuses NUL,
+#: and no field has a use for the others); tabs and line breaks stay allowed.
+TEXT_PATTERN: Final = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 AmountMinor = Annotated[int, Field(gt=0, le=AMOUNT_MINOR_MAX, examples=[1250])]
-Tag = Annotated[str, Field(min_length=1, max_length=TAG_LENGTH_MAX)]
+Tag = Annotated[str, Field(min_length=1, max_length=TAG_LENGTH_MAX, pattern=TEXT_PATTERN)]
 
 
 class TransferSource(StrEnum):
@@ -86,13 +92,13 @@ class _Message(BaseModel):
 class TransferDetails(_Message):
     """What every stage carries along about a transfer, beyond its money."""
 
-    description: str = Field(default="", max_length=DESCRIPTION_MAX)
-    category: str | None = Field(default=None, max_length=CATEGORY_MAX)
+    description: str = Field(default="", max_length=DESCRIPTION_MAX, pattern=TEXT_PATTERN)
+    category: str | None = Field(default=None, max_length=CATEGORY_MAX, pattern=TEXT_PATTERN)
     tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)
-    reference: str | None = Field(default=None, max_length=REFERENCE_MAX)
+    reference: str | None = Field(default=None, max_length=REFERENCE_MAX, pattern=TEXT_PATTERN)
     requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    requested_by: str | None = Field(default=None, max_length=128)
-    correlation_id: str | None = Field(default=None, max_length=128)
+    requested_by: str | None = Field(default=None, max_length=128, pattern=TEXT_PATTERN)
+    correlation_id: str | None = Field(default=None, max_length=128, pattern=TEXT_PATTERN)
 
 
 class TransferRequest(TransferDetails):
@@ -103,8 +109,10 @@ class TransferRequest(TransferDetails):
 
     transfer_id: uuid.UUID
     source: TransferSource
-    debit_account: str = Field(min_length=1, max_length=ACCOUNT_REFERENCE_MAX)
-    credit_account: str = Field(min_length=1, max_length=ACCOUNT_REFERENCE_MAX)
+    debit_account: str = Field(min_length=1, max_length=ACCOUNT_REFERENCE_MAX, pattern=TEXT_PATTERN)
+    credit_account: str = Field(
+        min_length=1, max_length=ACCOUNT_REFERENCE_MAX, pattern=TEXT_PATTERN
+    )
     amount_minor: AmountMinor
     currency: Currency
 

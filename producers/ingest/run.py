@@ -35,6 +35,7 @@ from schemas.topics import TRANSFERS_REQUESTED
 from schemas.transfers import (
     ACCOUNT_REFERENCE_MAX,
     CATEGORY_MAX,
+    CONTROL_CHARACTERS,
     DESCRIPTION_MAX,
     REFERENCE_MAX,
     TAG_LENGTH_MAX,
@@ -196,10 +197,14 @@ def _too_long(line: BatchLine) -> tuple[str, str] | None:
     for name, text, limit in limits:
         if len(text) > limit:
             return name, f"longer than {limit} characters"
+        if CONTROL_CHARACTERS.search(text):
+            return name, "contains a control character"
     if len(line.tags) > TAGS_MAX:
         return "tags", f"more than {TAGS_MAX} tags"
     if any(len(tag) > TAG_LENGTH_MAX for tag in line.tags):
         return "tags", f"a tag is longer than {TAG_LENGTH_MAX} characters"
+    if any(CONTROL_CHARACTERS.search(tag) for tag in line.tags):
+        return "tags", "a tag contains a control character"
     return None
 
 
