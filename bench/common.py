@@ -30,4 +30,4 @@ def clean_up(settings: Settings, topics: tuple[str, ...]) -> None:
         conn.execute(f'drop schema if exists "{settings.db_schema}" cascade')
     admin = kafka_admin(settings)  # keep it alive until the futures resolve
     for future in admin.delete_topics([settings.topic(t) for t in topics]).values():
-        future.result()
+        future.result(timeout=120)

@@ -113,7 +113,7 @@ def members_with_partitions(settings: Settings) -> int:
     admin = kafka_admin(settings)
     futures = admin.describe_consumer_groups([settings.validator_group], request_timeout=10)
     try:
-        group = futures[settings.validator_group].result()
+        group = futures[settings.validator_group].result(timeout=15)
     except KafkaException:
         return 0
     return sum(1 for m in group.members if m.assignment and m.assignment.topic_partitions)

@@ -129,7 +129,7 @@ def test_the_agent_keeps_balances_at_the_ledgers_version(
         leader = f"{group_id(settings)}-__assignor-__leader"
         for future in kafka_admin(settings).delete_topics([leader], request_timeout=30).values():
             with contextlib.suppress(Exception):
-                future.result()
+                future.result(timeout=60)
     assert agent.returncode == 0, log.read_text()
 
 
