@@ -34,6 +34,7 @@ from api.errors import AccountLocked, InvalidCredentials, InvalidToken
 from bankflow.identity import store
 from bankflow.identity.policy import Attempt, login_delay_s
 from schemas.auth import Role, normalize_email
+from schemas.transfers import CONTROL_CHARACTERS
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,12 @@ async def sign_in(ctx: ApiContext, email: str, password: str) -> TokenPair:
     """
     email = normalize_email(email)
     now = _now()
-    async with ctx.db_pool.connection() as conn:
-        found = await store.begin_sign_in(conn, email, ctx.lockout, now)
+    found = None
+    # An email with a control character cannot have been registered (and PostgreSQL
+    # refuses NUL): it is an unknown email, answered the same way and in the same time.
+    if not CONTROL_CHARACTERS.search(email):
+        async with ctx.db_pool.connection() as conn:
+            found = await store.begin_sign_in(conn, email, ctx.lockout, now)
     credentials, attempt = found if found else (None, await _unknown_email_attempt(ctx, email))
     if not attempt.allowed:
         remaining = (attempt.locked_until or now) - _now()

@@ -376,3 +376,10 @@ def test_a_missing_or_wrong_token_is_a_401_problem_naming_the_scheme(client: Tes
     as_refresh = {"Authorization": f"Bearer {pair['refresh_token']}"}
     body = problem(client.get("/v1/users/me", headers=as_refresh), 401, "invalid-token")
     assert "not an access token" in body["detail"]
+
+
+def test_a_sign_in_with_a_control_character_in_the_email_is_an_unknown_email(
+    client: TestClient,
+) -> None:
+    """Found by schemathesis: a NUL in the username reached PostgreSQL, which refuses it."""
+    problem(sign_in(client, "ann\x00@example.com", "whatever-it-is"), 401, "invalid-credentials")
