@@ -116,28 +116,35 @@ class AuthUser:
 
 
 async def current_user(
-    ctx: Context, token: Annotated[str | None, Depends(oauth2_scheme)]
+    ctx: Context, request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> AuthUser:
     if not token:
         raise Unauthorized("this operation needs an access token (Authorization: Bearer ...)")
     claims = tokens.decode(ctx.tokens, token, "access")
     assert claims.role is not None  # noqa: S101 - decode checks an access token's role
-    limit = ctx.settings.api_rate_per_user_per_min
+    settings = ctx.settings
+    counters = [
+        (ctx.redis_key("rl", "user", str(claims.user_id)), settings.api_rate_per_user_per_min),
+        (ratelimit.address_key(settings.redis_prefix, request.client.host if request.client
+                               else "unknown"), settings.api_rate_per_address_per_min),
+    ]  # fmt: skip
+    over = retry_after = None
     try:
-        # Revocation and the user's rate limit in one round trip.
-        retry_after, denied = await ratelimit.count_and_read(
-            ctx.redis, ctx.redis_key("rl", "user", str(claims.user_id)), limit,
+        # Revocation, the user's and the address's rate limits in one round trip.
+        over, retry_after, denied = await ratelimit.count_and_read(
+            ctx.redis, counters,
             [sessions.denied_token_key(ctx, claims.token_id),
              sessions.revoked_family_key(ctx, claims.family_id)],
         )  # fmt: skip
+        request.scope.setdefault("state", {})[ratelimit.ADDRESS_COUNTED] = True
         revoked = any(value is not None for value in denied)
-    except RedisError:  # the limit is not checked; revocation falls back to PostgreSQL
-        retry_after, revoked = None, await sessions.is_revoked(ctx, claims)
+    except RedisError:  # the limits are not checked; revocation falls back to PostgreSQL
+        revoked = await sessions.is_revoked(ctx, claims)
     logs.annotate(user_id=claims.user_id)  # the request's log lines name who asked
     if revoked:
         raise Unauthorized("this access token was revoked (signed out); sign in again")
-    if retry_after is not None:
-        raise ratelimit.too_many(limit, retry_after)
+    if over is not None and retry_after is not None:
+        raise ratelimit.too_many(counters[over][1], retry_after, ("user", "address")[over])
     return AuthUser(
         id=claims.user_id,
         role=claims.role,
