@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import psycopg
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 #: Waits between attempts while PostgreSQL is unreachable: 0.5 s doubling to 30 s,
 #: about three minutes in all; then the service exits for its supervisor to restart.
@@ -65,3 +65,11 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     for m in messages:
         last[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0)
     return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
+
+
+def usable(message: Message, log: logging.Logger) -> bool:
+    """A message to process; consumer errors are logged (end of partition is not one)."""
+    error = message.error()
+    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+        log.error("consumer error: %s", error)
+    return error is None

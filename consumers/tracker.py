@@ -22,14 +22,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, Message
 from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer
 from bankflow.metrics import TrackerMetrics, registered
 from bankflow.observability import Assignment, connection_alive, serve_metrics
 from bankflow.review import expire_reviews
-from bankflow.runtime import configure_logging, next_offsets, on_stop_signal, run_until_stopped
+from bankflow.runtime import (
+    configure_logging,
+    next_offsets,
+    on_stop_signal,
+    run_until_stopped,
+    usable,
+)
 from bankflow.settings import Settings
 from schemas.topics import (
     TRANSFERS_ACCEPTED,
@@ -188,7 +194,7 @@ class Tracker:
         self.conn = _connect(self.settings)
 
     def step(self) -> int:
-        messages = [m for m in self.consumer.consume(BATCH_MAX, BATCH_WAIT_S) if _usable(m)]
+        messages = [m for m in self.consumer.consume(BATCH_MAX, BATCH_WAIT_S) if usable(m, log)]
         if messages:
             self.write(messages)
             self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
@@ -238,13 +244,6 @@ class Tracker:
 def _written_at(message: Message) -> datetime:
     _kind, ms = message.timestamp()
     return datetime.fromtimestamp(ms / 1000, UTC) if ms and ms > 0 else datetime.now(UTC)
-
-
-def _usable(message: Message) -> bool:
-    error = message.error()
-    if error is not None and error.code() != KafkaError._PARTITION_EOF:
-        log.error("consumer error: %s", error)
-    return error is None
 
 
 def build(settings: Settings) -> Tracker:

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -31,19 +30,18 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from bankflow.bootstrap import kafka_consumer, kafka_producer
+from bankflow.bootstrap import kafka_consumer
 from bankflow.failures import HeaderList, PoisonMessage, header_map, route_failure
 from bankflow.metrics import RetrierMetrics, logical_topic, registered
 from bankflow.observability import Assignment, serve_metrics
-from bankflow.runtime import configure_logging, next_offsets, on_stop_signal
+from bankflow.runtime import configure_logging, next_offsets, on_stop_signal, usable
 from bankflow.settings import Settings
+from processors.transactions import TXN_TIMEOUT_S, recover, transactional_producer
 from schemas import headers as h
 from schemas.topics import retry_topic
 
 log = logging.getLogger("bankflow.retrier")
 
-TXN_TIMEOUT_S = 30
-TRANSACTION_TIMEOUT_MS = 10_000
 #: The longest one poll waits; bounds how late a stop signal is noticed.
 POLL_MAX_S = 1.0
 #: The shortest: a partition due in a millisecond is not worth a busy loop.
@@ -66,17 +64,7 @@ class Retrier:
         self.assignment = Assignment()
 
     def _new_producer(self) -> Producer:
-        producer = kafka_producer(
-            self.settings,
-            transactional_id=f"{self.settings.topic_prefix}bankflow-retrier-"
-            f"{self.settings.instance_id}",
-            **{
-                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS,
-            },
-        )
-        producer.init_transactions(TXN_TIMEOUT_S)
-        return producer
+        return transactional_producer(self.settings, "retrier")
 
     def subscribe(self) -> None:
         topics = [self.settings.topic(retry_topic(t)) for t in self.settings.retry_tiers]
@@ -97,7 +85,7 @@ class Retrier:
         self._resume_due(now)
         messages = [
             m for m in self.consumer.consume(BATCH_MAX, self._poll_timeout_s(now))
-            if _usable(m)
+            if usable(m, log)
         ]  # fmt: skip
         due = self._hold_back(messages, now)
         if not due:
@@ -171,26 +159,12 @@ class Retrier:
         return min(POLL_MAX_S, max(POLL_MIN_S, wait))
 
     def _recover(self, error: KafkaError) -> None:
-        if error.txn_requires_abort():
-            log.warning("transaction aborted (%s); redoing", error)
-            self.producer.abort_transaction(TXN_TIMEOUT_S)
-        elif error.fatal():
-            log.error("producer fenced or failed (%s); rebuilding it", error)
-            self.producer = self._new_producer()
-        else:
-            raise KafkaException(error)
-        self._rewind()
-
-    def _rewind(self) -> None:
-        """Back to the committed offsets, every partition running again."""
+        # Every partition runs again from its committed offset: pauses start afresh.
         assignment = self.consumer.assignment()
-        if not assignment:
-            return
-        self.consumer.resume(assignment)
+        if assignment:
+            self.consumer.resume(assignment)
         self.paused.clear()
-        for tp in self.consumer.committed(assignment, timeout=TXN_TIMEOUT_S):
-            position = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, position))
+        self.producer = recover(error, self.producer, self.consumer, self._new_producer, log)
 
 
 def without_not_before(headers: Any) -> HeaderList:
@@ -205,13 +179,6 @@ def _not_before(message: Message) -> datetime | None:
         return datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
-
-
-def _usable(message: Message) -> bool:
-    error = message.error()
-    if error is not None and error.code() != KafkaError._PARTITION_EOF:
-        log.error("consumer error: %s", error)
-    return error is None
 
 
 def build(settings: Settings, **consumer_config: Any) -> Retrier:

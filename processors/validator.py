@@ -29,18 +29,16 @@ import orjson
 import psycopg
 import redis
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
     Message,
     Producer,
-    TopicPartition,
 )
 from pydantic import ValidationError
 
 from bankflow import logs
-from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer, redis_client
+from bankflow.bootstrap import db_connect, kafka_consumer, redis_client
 from bankflow.domain.iban import account_reference_key
 from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
 from bankflow.errors import BankflowError
@@ -54,7 +52,7 @@ from bankflow.failures import (
 )
 from bankflow.metrics import NO_REASON, ValidatorMetrics, registered
 from bankflow.observability import Assignment, serve_metrics
-from bankflow.runtime import configure_logging, next_offsets, on_stop_signal
+from bankflow.runtime import configure_logging, next_offsets, on_stop_signal, usable
 from bankflow.settings import Settings
 from processors.fraud import (
     AccountState,
@@ -66,6 +64,11 @@ from processors.fraud import (
     score,
 )
 from processors.fraud_state import FraudState
+from processors.transactions import (
+    TXN_TIMEOUT_S,
+    recover,
+    transactional_producer,
+)
 from processors.validation import (
     AccountFacts,
     daily_limit_reasons,
@@ -91,11 +94,6 @@ from schemas.transfers import (
 
 log = logging.getLogger("bankflow.validator")
 
-#: A transaction the broker has not seen finish within this long is aborted by it, so
-#: a validator killed mid-batch blocks read_committed readers for at most this long
-#: (a restarted instance with the same transactional id aborts it at once).
-TRANSACTION_TIMEOUT_MS = 10_000
-TXN_TIMEOUT_S = 30
 #: A dependency that does not answer within this long counts as down for this batch.
 DB_CONNECT_TIMEOUT_S = 3
 REDIS_TIMEOUT_S = 2
@@ -122,17 +120,7 @@ class Validator:
         self.assignment = Assignment()
 
     def _new_producer(self) -> Producer:
-        producer = kafka_producer(
-            self.settings,
-            transactional_id=f"{self.settings.topic_prefix}bankflow-validator-"
-            f"{self.settings.instance_id}",
-            **{
-                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS,
-            },
-        )
-        producer.init_transactions(TXN_TIMEOUT_S)
-        return producer
+        return transactional_producer(self.settings, "validator")
 
     def subscribe(self) -> None:
         self.assignment.subscribe(self.consumer, [self.settings.topic(TRANSFERS_REQUESTED)])
@@ -147,7 +135,7 @@ class Validator:
         messages = [
             m for m in self.consumer.consume(
                 self.settings.validator_batch_max, self.settings.validator_batch_wait_ms / 1000)
-            if _usable(m)
+            if usable(m, log)
         ]  # fmt: skip
         if not messages:
             return 0
@@ -328,25 +316,7 @@ class Validator:
         return (route.topic, message.key(), message.value(), route.headers)
 
     def _recover(self, error: KafkaError) -> None:
-        if error.txn_requires_abort():
-            log.warning("transaction aborted (%s); redoing the batch", error)
-            self.producer.abort_transaction(TXN_TIMEOUT_S)
-            self._rewind()
-        elif error.fatal():
-            log.error("producer fenced or failed (%s); rebuilding it", error)
-            self._rewind()
-            self.producer = self._new_producer()
-        else:
-            raise KafkaException(error)
-
-    def _rewind(self) -> None:
-        """Seek every assigned partition back to its committed offset."""
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return
-        for tp in self.consumer.committed(assignment, timeout=TXN_TIMEOUT_S):
-            position = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, position))
+        self.producer = recover(error, self.producer, self.consumer, self._new_producer, log)
 
 
 #: How each outcome is logged (``Validator._log``); the others at DEBUG.
@@ -463,13 +433,6 @@ def _rejected(
         rejected.model_dump_json().encode(),
         without_failure_headers(message.headers()),
     )
-
-
-def _usable(message: Message) -> bool:
-    error = message.error()
-    if error is not None and error.code() != KafkaError._PARTITION_EOF:
-        log.error("consumer error: %s", error)
-    return error is None
 
 
 def _is_uuid(text: str) -> bool:

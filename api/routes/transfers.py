@@ -114,14 +114,9 @@ async def deposit(
     prefer: Prefer = None,
     correlation_id: CorrelationId = None,
 ) -> TransferAccepted:
-    cash = await _cash_account(pool, body.currency)
-    request = _request(
-        user, idempotency_key, correlation_id, debit=str(cash), credit=str(body.account_id),
-        body=body,
-    )  # fmt: skip
-    return await _submit(
-        ctx, pool, user, idempotency_key, kind="deposit", body=body, request=request,
-        response=response, prefer=prefer,
+    return await _cash(
+        "deposit", body, user, ctx, pool, response=response, key=idempotency_key,
+        prefer=prefer, correlation_id=correlation_id,
     )  # fmt: skip
 
 
@@ -142,14 +137,9 @@ async def withdraw(
     prefer: Prefer = None,
     correlation_id: CorrelationId = None,
 ) -> TransferAccepted:
-    cash = await _cash_account(pool, body.currency)
-    request = _request(
-        user, idempotency_key, correlation_id, debit=str(body.account_id), credit=str(cash),
-        body=body,
-    )  # fmt: skip
-    return await _submit(
-        ctx, pool, user, idempotency_key, kind="withdrawal", body=body, request=request,
-        response=response, prefer=prefer,
+    return await _cash(
+        "withdrawal", body, user, ctx, pool, response=response, key=idempotency_key,
+        prefer=prefer, correlation_id=correlation_id,
     )  # fmt: skip
 
 
@@ -307,6 +297,20 @@ async def _require_own_account(ctx: Any, pool: Any, user: AuthUser, account: uui
                 del owners[next(iter(owners))]  # dicts keep insertion order: the oldest
     if owner is None or owner != user.customer_id:
         raise NotFound(f"no account {account}")
+
+
+async def _cash(
+    kind: str, body: CashIn, user: AuthUser, ctx: Any, pool: Any, *, response: Response,
+    key: str, prefer: str | None, correlation_id: str | None,
+) -> TransferAccepted:  # fmt: skip
+    """A deposit (from the bank's cash account) or a withdrawal (to it), like any transfer."""
+    cash, account = str(await _cash_account(pool, body.currency)), str(body.account_id)
+    debit, credit = (cash, account) if kind == "deposit" else (account, cash)
+    request = _request(user, key, correlation_id, debit=debit, credit=credit, body=body)
+    return await _submit(
+        ctx, pool, user, key, kind=kind, body=body, request=request, response=response,
+        prefer=prefer,
+    )  # fmt: skip
 
 
 async def _cash_account(pool: Any, currency: str) -> uuid.UUID:
