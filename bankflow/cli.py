@@ -482,6 +482,18 @@ def verify_ledger(as_json: JsonFlag = False) -> None:
 # ------------------------------------------------------------------- bench
 
 
+def _print_bench(result: dict[str, Any], as_json: bool) -> None:
+    """A benchmark's figures: one JSON object, or a table without the per-round detail."""
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("measure", "value")
+    for key, value in result.items():
+        if key != "per_round":
+            table.add_row(key, str(value))
+    Console().print(table)
+
+
 @bench_app.command("poster")
 def bench_poster(
     transfers: Annotated[int, typer.Option(help="Transfers per measurement.")] = 100_000,
@@ -492,14 +504,7 @@ def bench_poster(
     from bench.poster import run_bench
 
     result = run_bench(_settings(), transfers, echo=console.print, rounds=rounds)
-    if as_json:
-        _print_json(result)
-        return
-    table = Table("measure", "value")
-    for key, value in result.items():
-        if key != "per_round":
-            table.add_row(key, str(value))
-    Console().print(table)
+    _print_bench(result, as_json)
 
 
 @bench_app.command("ingest")
@@ -511,13 +516,7 @@ def bench_ingest(
     from bench.ingest import run_bench
 
     result = run_bench(_settings(), lines, echo=console.print)
-    if as_json:
-        _print_json(result)
-        return
-    table = Table("measure", "value")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    _print_bench(result, as_json)
 
 
 @bench_app.command("validator")
@@ -530,14 +529,7 @@ def bench_validator(
     from bench.validator import run_bench
 
     result = run_bench(_settings(), requests, echo=console.print, rounds=rounds)
-    if as_json:
-        _print_json(result)
-        return
-    table = Table("measure", "value")
-    for key, value in result.items():
-        if key != "per_round":
-            table.add_row(key, str(value))
-    Console().print(table)
+    _print_bench(result, as_json)
 
 
 @bench_app.command("api")
@@ -551,13 +543,7 @@ def bench_api(
     from bench.api import run_bench
 
     result = run_bench(_settings(), seconds, workers, echo=console.print, rounds=rounds)
-    if as_json:
-        _print_json(result)
-        return
-    table = Table("measure", "value")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    _print_bench(result, as_json)
 
 
 @bench_app.command("all")
