@@ -20,6 +20,9 @@ from schemas.topics import TRANSFERS_DLQ, retry_topic
 #: Kept short: an error message travels in a header of every retried message.
 ERROR_MESSAGE_MAX = 1000
 
+#: An attempt count has at most this many digits (tiers are few; this bounds int()).
+ATTEMPT_DIGITS_MAX = 6
+
 #: The headers this module owns; they are replaced, never duplicated, on each failure.
 FAILURE_HEADERS = frozenset(
     {
@@ -87,7 +90,7 @@ def route_failure(
     dead-letter topic. The first-failure time survives every hop.
     """
     known = header_map(headers)
-    attempt = int(known.get(h.ATTEMPT, "0") or 0) + 1
+    attempt = attempts_recorded(known) + 1
     transient = isinstance(error, BankflowError) and error.transient
     names = list(tiers)
     if transient and attempt <= len(names):
@@ -110,6 +113,15 @@ def route_failure(
         ours[h.NOT_BEFORE] = not_before.isoformat()
     kept = without_failure_headers(headers) or []
     return Route(topic, kept + [(k, v.encode()) for k, v in ours.items()], attempt)
+
+
+def attempts_recorded(headers: Mapping[str, str]) -> int:
+    """The attempts a message's headers record; anyone can write headers, so a value that
+    is not a small count is read as none (the message is then judged on its own)."""
+    text = headers.get(h.ATTEMPT, "").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > ATTEMPT_DIGITS_MAX:
+        return 0
+    return int(text)
 
 
 def without_failure_headers(headers: Headers | None) -> HeaderList | None:

@@ -201,6 +201,31 @@ class IngestMetrics:
         )
 
 
+class StageMetrics:
+    """What the stage runtime (``bankflow.streaming``) counts for every stage it runs."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.poison = Counter(
+            "bankflow_stage_poison_messages_total",
+            "Messages a stage could not process, sent to the dead-letter store, by error class.",
+            ["stage", "error_class"],
+            registry=registry,
+        )
+        self.transient = Counter(
+            "bankflow_stage_transient_failures_total",
+            "Batches a stage had to redo because a dependency (PostgreSQL, Redis, Kafka) "
+            "was unavailable.",
+            ["stage", "error_class"],
+            registry=registry,
+        )
+        self.halted = Gauge(
+            "bankflow_stage_halted",
+            "1 while a stage is halted until an operator clears it (bankflow halt clear).",
+            ["stage"],
+            registry=registry,
+        )
+
+
 #: Every group, for the dashboard test and the docs; the lag exporter's are apart.
 METRIC_GROUPS: tuple[type[Any], ...] = (
     ApiMetrics,
@@ -211,6 +236,7 @@ METRIC_GROUPS: tuple[type[Any], ...] = (
     TrackerMetrics,
     DeadLetterMetrics,
     IngestMetrics,
+    StageMetrics,
 )
 
 MetricGroup = TypeVar("MetricGroup")

@@ -30,8 +30,8 @@ import redis
 
 from bankflow.bootstrap import db_connect, kafka_consumer, kafka_producer, redis_client
 from bankflow.ledger.accounts import create_customer, open_account
-from bankflow.runtime import next_offsets
 from bankflow.settings import Settings
+from bankflow.streaming.kafka import next_offsets
 from bench.common import clean_up, throwaway
 from processors.validator import build as build_validator
 from schemas.topics import (
@@ -180,17 +180,17 @@ def _validator_per_s(settings: Settings, count: int, tag: str) -> tuple[float, d
         "validator_group": f"{settings.topic_prefix}{tag}",
         "instance_id": tag, "redis_prefix": f"{settings.redis_prefix}{tag}:",
     })  # fmt: skip
-    validator = build_validator(run)
-    validator.subscribe()
+    runner = build_validator(run)
+    validator = runner.stage
+    runner.subscribe()
     first, started = 0, 0.0
     try:
         while (done := sum(validator.decisions.values())) < count:
-            if validator.poll_and_decide() and not started:
+            if runner.step() and not started:
                 first, started = sum(validator.decisions.values()), time.perf_counter()
         return (done - first) / (time.perf_counter() - started), dict(validator.decisions)
     finally:
-        validator.consumer.close()
-        validator.close_connection()
+        runner.close()
         _drop_redis_keys(validator.fraud_state.client, run.redis_prefix)
 
 

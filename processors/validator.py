@@ -12,13 +12,15 @@ The fraud state is written before the transaction commits and is idempotent by
 transfer id, so a redone batch counts nothing twice and decides as before.
 PostgreSQL or Redis being down is a transient failure: the requests that needed
 it go to the next retry tier (the retrier brings them back), the stream goes on.
-Abortable Kafka errors abort the transaction and rewind to the committed offsets;
-fatal ones (this producer was fenced) rebuild the producer.
+The loop, the transaction, fencing and poison containment belong to the stage
+runtime (``bankflow.streaming``): a request that makes anything here raise goes to
+the dead-letter topic with its reason, and the partition flows on.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,18 +30,12 @@ from typing import Any
 import orjson
 import psycopg
 import redis
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-)
+from confluent_kafka import Message
 from pydantic import ValidationError
 
 from bankflow import logs
 from bankflow.bootstrap import db_connect, kafka_consumer, redis_client
-from bankflow.domain.iban import account_reference_key
+from bankflow.domain.iban import account_reference_key, looks_like_iban
 from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
 from bankflow.errors import BankflowError
 from bankflow.failures import (
@@ -51,9 +47,8 @@ from bankflow.failures import (
     without_failure_headers,
 )
 from bankflow.metrics import NO_REASON, ValidatorMetrics, registered
-from bankflow.observability import Assignment, serve_metrics
-from bankflow.runtime import configure_logging, next_offsets, on_stop_signal, usable
 from bankflow.settings import Settings
+from bankflow.streaming import Batch, KafkaTransaction, Output, Stage, StageRunner, serve
 from processors.fraud import (
     AccountState,
     Activity,
@@ -64,11 +59,6 @@ from processors.fraud import (
     score,
 )
 from processors.fraud_state import FraudState
-from processors.transactions import (
-    TXN_TIMEOUT_S,
-    recover,
-    transactional_producer,
-)
 from processors.validation import (
     AccountFacts,
     daily_limit_reasons,
@@ -99,64 +89,45 @@ DB_CONNECT_TIMEOUT_S = 3
 REDIS_TIMEOUT_S = 2
 
 
-class Validator:
+class Validator(Stage):
+    name = "validator"
+    commit = KafkaTransaction()
+
     def __init__(
         self,
         settings: Settings,
-        consumer: Consumer,
         fraud_state: FraudState,
         ruleset: RuleSet,
     ) -> None:
         self.settings = settings
-        self.consumer = consumer
         self.fraud_state = fraud_state
         self.ruleset = ruleset
         self.conn: psycopg.Connection[Any] | None = None
-        self.producer = self._new_producer()
-        self.stopping = False
+        self.batch_max = settings.validator_batch_max
+        self.batch_wait_s = settings.validator_batch_wait_ms / 1000
         self.decisions: Counter[str] = Counter()
         self.metrics = registered(ValidatorMetrics)
         self.retry_tiers = {retry_topic(tier): tier for tier in settings.retry_tiers}
-        self.assignment = Assignment()
 
-    def _new_producer(self) -> Producer:
-        return transactional_producer(self.settings, "validator")
+    def topics(self) -> list[str]:
+        return [TRANSFERS_REQUESTED]
 
-    def subscribe(self) -> None:
-        self.assignment.subscribe(self.consumer, [self.settings.topic(TRANSFERS_REQUESTED)])
+    def process(self, batch: Batch) -> list[Output]:
+        """Decide every request of the batch; the runtime commits the outputs with the
+        input offsets in one Kafka transaction."""
+        return self._decide(batch.messages)
 
-    def run(self) -> None:
-        self.subscribe()
-        while not self.stopping:
-            self.poll_and_decide()
-
-    def poll_and_decide(self) -> int:
-        """One batch: decide every request, then write the outputs and offsets atomically."""
-        messages = [
-            m for m in self.consumer.consume(
-                self.settings.validator_batch_max, self.settings.validator_batch_wait_ms / 1000)
-            if usable(m, log)
-        ]  # fmt: skip
-        if not messages:
-            return 0
-        outputs = self._decide(messages)
-        self.producer.begin_transaction()
-        try:
-            for topic, key, value, headers in outputs:
-                self.producer.produce(
-                    self.settings.topic(topic), key=key, value=value, headers=headers
-                )
-            self.producer.send_offsets_to_transaction(
-                next_offsets(messages), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
-            )
-            self.producer.commit_transaction(TXN_TIMEOUT_S)
-        except KafkaException as exc:
-            self._recover(exc.args[0])
-            return 0
-        self.decisions.update(topic for topic, *_ in outputs)
+    def committed(self, batch: Batch, outputs: Sequence[Output]) -> None:
+        self.decisions.update(o.topic for o in outputs)
         self._count(outputs)
         self._log(outputs)
-        return len(messages)
+
+    def reconnect(self) -> None:
+        self.close_connection()
+
+    def close(self) -> None:
+        self.close_connection()
+        log.info("validator decisions: %s", dict(self.decisions))
 
     def _log(self, outputs: Sequence[Output]) -> None:
         """One line per transfer held, rejected or dead-lettered, once its transaction committed.
@@ -165,7 +136,7 @@ class Validator:
         already logged once per batch), so they are logged at DEBUG only.
         """
         verbose = log.isEnabledFor(logging.DEBUG)
-        for topic, _key, value, headers in outputs:
+        for topic, value, headers in ((o.topic, o.value, o.headers) for o in outputs):
             outcome, reason = self.decision_labels(topic, value, headers)
             level = _LOG_LEVELS.get(outcome, logging.DEBUG)
             if level == logging.DEBUG and not verbose:
@@ -180,7 +151,7 @@ class Validator:
 
     def _count(self, outputs: Sequence[Output]) -> None:
         """Decisions by outcome and reason, once their transaction committed."""
-        for topic, _key, value, headers in outputs:
+        for topic, value, headers in ((o.topic, o.value, o.headers) for o in outputs):
             outcome, reason = self.decision_labels(topic, value, headers)
             self.metrics.decisions.labels(outcome, reason).inc()
             if outcome == "retry":
@@ -285,8 +256,13 @@ class Validator:
                 self.settings, application_name="bankflow-validator", autocommit=True,
                 connect_timeout=DB_CONNECT_TIMEOUT_S,
             )  # fmt: skip
+        # Anyone can write any text here: only a real UUID is asked for as an id and
+        # only what is written as an IBAN as one; anything else matches no account and
+        # the request is rejected (unknown_account) rather than refused by PostgreSQL.
         ids = [k for k in keys if _is_uuid(k)]
-        ibans = [k for k in keys if not _is_uuid(k)]
+        ibans = [k for k in keys if not _is_uuid(k) and looks_like_iban(k)]
+        if not ids and not ibans:
+            return {}
         rows = self.conn.execute(
             "select id, iban, customer_id, type, currency, status from accounts "
             "where id = any(%s::uuid[]) or iban = any(%s::text[])",
@@ -313,17 +289,11 @@ class Validator:
             tiers=self.settings.retry_tiers,
             now=datetime.now(UTC),
         )
-        return (route.topic, message.key(), message.value(), route.headers)
-
-    def _recover(self, error: KafkaError) -> None:
-        self.producer = recover(error, self.producer, self.consumer, self._new_producer, log)
+        return Output(route.topic, message.key(), message.value(), route.headers)
 
 
 #: How each outcome is logged (``Validator._log``); the others at DEBUG.
 _LOG_LEVELS = {"review": logging.INFO, "rejected": logging.INFO, "dead_letter": logging.WARNING}
-
-#: One output message: logical topic, key, value, headers.
-Output = tuple[str, bytes | None, bytes | None, HeaderList | None]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -410,7 +380,7 @@ def _accepted_output(s: Screening, verdict: Verdict | None) -> Output:
             }
         )
         topic = TRANSFERS_REVIEW if verdict.outcome == "review" else TRANSFERS_ACCEPTED
-    return (
+    return Output(
         topic,
         s.debit_key.encode(),
         accepted.model_dump_json().encode(),
@@ -427,7 +397,7 @@ def _rejected(
         ruleset_version=verdict.ruleset_version if verdict else None,
         risk_score=verdict.score if verdict else 0,
     )
-    return (
+    return Output(
         TRANSFERS_REJECTED,
         message.key(),
         rejected.model_dump_json().encode(),
@@ -436,34 +406,30 @@ def _rejected(
 
 
 def _is_uuid(text: str) -> bool:
-    return len(text) == 36 and text.count("-") == 4
+    """Whether ``text`` is an account id as PostgreSQL prints one (lower case, dashed)."""
+    try:
+        return len(text) == UUID_TEXT_LENGTH and str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
-def build(settings: Settings) -> Validator:
+UUID_TEXT_LENGTH = 36
+
+
+def build(settings: Settings) -> StageRunner[Validator]:
+    """The composition root: the validator's clients, made once from the settings."""
     ruleset = load_ruleset(settings.fraud_rules)
+    log.info("fraud rules %s from %s", ruleset.version, settings.fraud_rules)
     consumer = kafka_consumer(
         settings, group_id=settings.validator_group, **{"session.timeout.ms": 10_000}
     )
     client = redis_client(
         settings, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
     )
-    return Validator(settings, consumer, FraudState(client, settings.redis_prefix), ruleset)
+    validator = Validator(settings, FraudState(client, settings.redis_prefix), ruleset)
+    return StageRunner(settings, validator, consumer)
 
 
 def run(settings: Settings) -> None:
     """``bankflow run validator``: decide until SIGTERM or SIGINT."""
-    configure_logging()
-    validator = build(settings)
-    log.info("fraud rules %s from %s", validator.ruleset.version, settings.fraud_rules)
-    on_stop_signal(lambda: setattr(validator, "stopping", True))
-    server = serve_metrics(
-        settings.validator_metrics_port, validator.assignment.ready, host=settings.metrics_host
-    )
-    log.info("metrics on %s:%d", settings.metrics_host, server.port)
-    try:
-        validator.run()
-    finally:
-        server.close()
-        validator.consumer.close()
-        validator.close_connection()
-        log.info("validator stopped: %s", dict(validator.decisions))
+    serve(settings, "validator", lambda: build(settings), settings.validator_metrics_port)

@@ -138,11 +138,11 @@ def test_a_request_that_exhausts_its_retry_tiers_is_dead_lettered_with_its_attem
             deadline = time.monotonic() + 30
             while not retrier.step() and time.monotonic() < deadline:
                 pass
-            if sum(retrier.sent.values()) == 2:
+            if sum(retrier.stage.sent.values()) == 2:
                 break
         run_validator_until(settings, 1)  # the third failure: no tier left
     finally:
-        retrier.consumer.close()
+        retrier.close()
     sink_until(settings, 1)
     (letter,) = json.loads(bankflow(settings, "dlq", "list", "--json").stdout)
     assert letter["error_class"] == "DependencyUnavailable"

@@ -47,11 +47,11 @@ def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
     retrier.subscribe()
     deadline = time.monotonic() + 60
     try:
-        while sum(retrier.sent.values()) < 5 and time.monotonic() < deadline:
+        while sum(retrier.stage.sent.values()) < 5 and time.monotonic() < deadline:
             retrier.step()
-        assert retrier.paused == {}
+        assert retrier.stage.paused == {}
     finally:
-        retrier.consumer.close()
+        retrier.close()
 
     out = read_committed(settings, TRANSFERS_REQUESTED, TRANSFERS_DLQ, expected=5)
     back = {m.value(): m for m in out[TRANSFERS_REQUESTED]}
@@ -75,5 +75,5 @@ def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
         for _ in range(5):
             again.step()
     finally:
-        again.consumer.close()
-    assert sum(again.sent.values()) == 0
+        again.close()
+    assert sum(again.stage.sent.values()) == 0

@@ -82,17 +82,16 @@ def read_committed(settings: Settings, *names: str, expected: int) -> dict[str, 
 def run_validator_until(settings: Settings, decisions: int, polls_max: int = 400) -> Any:
     from processors.validator import build
 
-    validator = build(settings)
-    validator.subscribe()
+    runner = build(settings)
+    runner.subscribe()
     try:
         for _ in range(polls_max):
-            validator.poll_and_decide()
-            if sum(validator.decisions.values()) >= decisions:
+            runner.step()
+            if sum(runner.stage.decisions.values()) >= decisions:
                 break
     finally:
-        validator.consumer.close()
-        validator.close_connection()
-    return validator
+        runner.close()
+    return runner.stage
 
 
 def test_poison_goes_to_the_dlq_and_the_requests_behind_it_are_decided(

@@ -1,24 +1,24 @@
-"""What the consume-transform-produce stages share: their transactional producer and
-the way they recover from a failed Kafka transaction.
+"""The Kafka plumbing of the runtime: transactional producers, recovering a failed
+transaction, rewinding a consumer, and the offsets to commit after a batch.
 
-A stage (the validator, the retrier) writes its outputs and its input offsets in one
-transaction per batch. When a transaction fails, librdkafka says how: an abortable
-error is aborted and the batch redone from the committed offsets; a fatal one (this
-producer was fenced by a newer instance with the same transactional id, or broke)
-needs a new producer, and the batch is redone too. Anything else is not expected
-and stops the stage for its supervisor to restart.
+A stage that commits with a Kafka transaction writes its outputs and its input
+offsets in one transaction per batch. When a transaction fails, librdkafka says
+how: an abortable error is aborted and the batch redone from the committed
+offsets; a fatal one (this producer was fenced by a newer instance with the same
+transactional id, or broke) needs a new producer, and the batch is redone too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
@@ -51,21 +51,22 @@ def transactional_producer(settings: Settings, stage: str) -> Producer:
 def recover(
     error: KafkaError,
     producer: Producer,
-    consumer: Consumer,
     rebuild: Callable[[], Producer],
     log: logging.Logger,
 ) -> Producer:
-    """Abort or rebuild after a failed transaction and rewind; the producer to go on with."""
+    """Abort or rebuild after a failed transaction; the producer to go on with.
+
+    The caller rewinds the consumer afterwards. An error that is neither abortable nor
+    fatal is not expected and is raised again.
+    """
     if error.txn_requires_abort():
         log.warning("transaction aborted (%s); redoing the batch", error)
         producer.abort_transaction(TXN_TIMEOUT_S)
-    elif error.fatal():
+        return producer
+    if error.fatal():
         log.error("producer fenced or failed (%s); rebuilding it", error)
-        producer = rebuild()
-    else:
-        raise KafkaException(error)
-    rewind(consumer)
-    return producer
+        return rebuild()
+    raise KafkaException(error)
 
 
 def rewind(consumer: Consumer) -> None:
@@ -76,3 +77,24 @@ def rewind(consumer: Consumer) -> None:
     for tp in consumer.committed(assignment, timeout=TXN_TIMEOUT_S):
         position = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
         consumer.seek(TopicPartition(tp.topic, tp.partition, position))
+
+
+def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit after ``messages``: one past the last of each partition."""
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        last[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0)
+    return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
+
+
+def position(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message."""
+    return str(message.topic()), int(message.partition() or 0), int(message.offset() or 0)
+
+
+def usable(message: Message, log: logging.Logger) -> bool:
+    """A message to process; consumer errors are logged (end of partition is not one)."""
+    error = message.error()
+    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+        log.error("consumer error: %s", error)
+    return error is None

@@ -1,0 +1,445 @@
+"""The loop every stage runs on: poll, contain, commit, and ride out what is transient.
+
+One ``step``:
+
+1. If a rewind is owed (a failed transaction, a transient failure), seek back first;
+   a batch is never processed past messages whose effects were not committed.
+2. If the stage is halted, wait for an operator to clear it.
+3. Poll a batch (bounded by the stage's ``batch_max`` and poll timeout), let the stage
+   ``admit`` what it processes now, and process it *contained*: an exception that is
+   not a declared transient failure splits the batch in halves until the one message
+   that raises is found; that message goes to the stage's ``poison`` (the dead-letter
+   store, with its error class and reason) and the rest is processed as usual.
+4. Commit as the stage's strategy says (``bankflow.streaming.stage``).
+
+A declared transient failure (``bankflow.streaming.errors.is_transient``) backs off
+(bounded, doubling), lets the stage reconnect, rewinds and tries again; the stage is
+not ready meanwhile. Nothing a message contains can make ``step`` raise: what still
+raises is a fault of the runtime or the deployment, and the supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from pydantic import ValidationError
+
+from bankflow import logs
+from bankflow.bootstrap import kafka_producer
+from bankflow.failures import DependencyUnavailable, PoisonMessage, header_map
+from bankflow.metrics import StageMetrics, registered
+from bankflow.settings import Settings
+from bankflow.streaming import halts as halt_store
+from bankflow.streaming.errors import StageHalted, is_transient
+from bankflow.streaming.kafka import (
+    TXN_TIMEOUT_S,
+    next_offsets,
+    position,
+    recover,
+    rewind,
+    transactional_producer,
+    usable,
+)
+from bankflow.streaming.stage import (
+    Batch,
+    InDatabase,
+    KafkaTransaction,
+    OffsetRange,
+    Output,
+    Partition,
+    Stage,
+)
+from schemas.errors import describe
+
+#: Waits between attempts while a dependency is down: 0.5 s doubling to 30 s, then every
+#: 30 s for as long as it takes (the stage shows not ready meanwhile, and an alert on
+#: lag tells the operator; exiting would only make the supervisor restart it into the
+#: same outage).
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: How long the Kafka commit of an ``AfterEffect`` stage, and the delivery of its
+#: dead letters, may take before the batch counts as failed (transient).
+FLUSH_TIMEOUT_S = 30.0
+
+S = TypeVar("S", bound=Stage)
+
+
+class StageRunner(Generic[S]):
+    """Runs one ``Stage`` with its consumer (and, for a Kafka transaction, its producer)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stage: S,
+        consumer: Consumer,
+        producer_factory: Callable[[], Producer] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.consumer = consumer
+        self.log = logging.getLogger(f"bankflow.{stage.name.replace('-', '_')}")
+        self.metrics = registered(StageMetrics)
+        self.stopped = threading.Event()
+        #: The next offset to read of each owned partition (``InDatabase``: as stored).
+        self.positions: dict[Partition, int | None] = {}
+        self.rewind_owed = False
+        self.failures_in_a_row = 0
+        self.halted_reason: str | None = None
+        self.next_halt_check = 0.0
+        self._subscribed = False
+        self._logical = {settings.topic(t): t for t in stage.topics()}
+        self._make_producer = producer_factory or self._default_producer
+        self.producer: Producer = self._make_producer()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _default_producer(self) -> Producer:
+        if isinstance(self.stage.commit, KafkaTransaction):
+            return transactional_producer(self.settings, self.stage.name)
+        return kafka_producer(self.settings)
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(
+            list(self._logical), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )  # fmt: skip
+        self._subscribed = True
+
+    def run(self) -> None:
+        """Process until ``stop``; what the service's entry function calls."""
+        self.subscribe()
+        while not self.stopped.is_set():
+            self.step()
+
+    def stop(self) -> None:
+        """Finish the batch at hand and return from ``run`` (signal-safe)."""
+        self.stopped.set()
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(FLUSH_TIMEOUT_S)
+        finally:
+            self.consumer.close()
+            self.stage.close()
+
+    def ready(self) -> bool:
+        """Owns partitions, is neither halted nor waiting out an outage, and the stage's
+        clients are usable. Read from the probe's thread: no client call here."""
+        return (
+            bool(self.positions)
+            and self.halted_reason is None
+            and self.failures_in_a_row == 0
+            and self.stage.ready()
+        )
+
+    # -- rebalances (run on the consuming thread, inside poll) -----------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        if isinstance(self.stage.commit, InDatabase):
+            stored = self.stage.stored_offsets(keys)
+            for p in partitions:
+                offset = stored.get((p.topic, p.partition))
+                p.offset = offset if offset is not None else OFFSET_BEGINNING
+                self.positions[(p.topic, p.partition)] = offset
+            consumer.assign(partitions)
+        else:
+            self.positions.update(dict.fromkeys(keys))
+        self.log.info(
+            "assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions)
+        )
+        self.stage.assigned(keys)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        for key in keys:
+            self.positions.pop(key, None)
+        if isinstance(self.stage.commit, InDatabase):
+            consumer.unassign()
+        self.log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys))
+        self.stage.revoked(keys)
+
+    # -- one step ----------------------------------------------------------------------
+
+    def step(self) -> int:
+        """One poll, processed and committed; how many messages it handled."""
+        try:
+            if self.rewind_owed:
+                self._rewind()
+            if self._halted():
+                return 0
+            self.stage.tick()
+            handled = self._poll_and_process()
+        except StageHalted as halt:
+            self._halt(str(halt))
+            return 0
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._wait_out(exc)
+            return 0
+        if self.failures_in_a_row:
+            self.log.info("%s is back after %d failed attempt(s)", self.stage.name,
+                          self.failures_in_a_row)  # fmt: skip
+        self.failures_in_a_row = 0
+        return handled
+
+    def _poll_and_process(self) -> int:
+        polled = self.consumer.consume(self.stage.batch_max, self.stage.poll_timeout_s())
+        messages = [m for m in polled if usable(m, self.log) and self._owned(m)]
+        messages = self.stage.admit(messages)
+        if not messages:
+            return 0
+        commit = self.stage.commit
+        if isinstance(commit, KafkaTransaction):
+            self._in_transaction(messages)
+        elif isinstance(commit, InDatabase):
+            self._in_database(messages)
+        else:
+            self._after_effect(messages)
+        return len(messages)
+
+    def _owned(self, message: Message) -> bool:
+        # An InDatabase stage may still hold a message fetched before a revocation.
+        if not isinstance(self.stage.commit, InDatabase):
+            return True
+        return (str(message.topic()), int(message.partition() or 0)) in self.positions
+
+    # -- the three commit strategies ---------------------------------------------------
+
+    def _in_transaction(self, messages: list[Message]) -> None:
+        batches: list[tuple[Batch, list[Output]]] = []
+        self._contained(
+            messages,
+            lambda part: batches.append((Batch(part), self.stage.process(Batch(part)))),
+            lambda m, error: batches.append((Batch([m]), self._poisoned(m, error, Batch([m])))),
+        )
+        outputs = [o for _, out in batches for o in out]
+        producer = self.producer
+        producer.begin_transaction()
+        try:
+            for o in outputs:
+                producer.produce(
+                    self.settings.topic(o.topic), key=o.key, value=o.value, headers=o.headers
+                )
+            producer.send_offsets_to_transaction(
+                next_offsets(messages), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
+            )
+            producer.commit_transaction(TXN_TIMEOUT_S)
+        except KafkaException as exc:
+            self.producer = recover(exc.args[0], producer, self._make_producer, self.log)
+            self.rewind_owed = True
+            return
+        for batch, out in batches:
+            self.stage.committed(batch, out)
+
+    def _after_effect(self, messages: list[Message]) -> None:
+        done: list[tuple[Batch, list[Output]]] = []
+        self._contained(
+            messages,
+            lambda part: done.append((Batch(part), self.stage.process(Batch(part)))),
+            lambda m, error: done.append((Batch([m]), self._poisoned(m, error, Batch([m])))),
+        )
+        self._deliver([o for _, out in done for o in out])
+        try:
+            self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+        except KafkaException as exc:
+            # The effects are durable and idempotent: whoever reads these messages again
+            # (this instance after a rewind, or another after a rebalance) changes nothing.
+            self.log.warning("offset commit failed (%s); reading from the last commit", exc)
+            self.rewind_owed = True
+        for batch, out in done:
+            self.stage.committed(batch, out)
+
+    def _in_database(self, messages: list[Message]) -> None:
+        def attempt(part: Sequence[Message]) -> None:
+            batch = self._ranged(part)
+            outputs = self.stage.process(batch)
+            self._advance(batch)
+            self.stage.committed(batch, outputs)
+
+        def poisoned(message: Message, error: Exception) -> None:
+            batch = self._ranged([message])
+            outputs = self._poisoned(message, error, batch)
+            self._advance(batch)
+            self.stage.committed(batch, outputs)
+
+        self._contained(messages, attempt, poisoned)
+
+    def _ranged(self, messages: Sequence[Message]) -> Batch:
+        last: dict[Partition, int] = {}
+        for m in messages:
+            topic, partition, offset = position(m)
+            last[(topic, partition)] = offset
+        ranges = {k: OffsetRange(self.positions.get(k), offset + 1) for k, offset in last.items()}
+        return Batch(messages, ranges)
+
+    def _advance(self, batch: Batch) -> None:
+        for key, offset_range in batch.ranges.items():
+            self.positions[key] = offset_range.next_offset
+        # For tools only (lag exporters, kafka-consumer-groups); resuming reads the store.
+        self.consumer.commit(
+            offsets=[TopicPartition(t, p, r.next_offset) for (t, p), r in batch.ranges.items()],
+            asynchronous=True,
+        )
+
+    def _deliver(self, outputs: Sequence[Output]) -> None:
+        """Produce ``outputs`` (dead letters of an ``AfterEffect`` stage) and wait for the
+        broker's acknowledgement of every one, before any offset moves past them."""
+        if not outputs:
+            return
+        errors: list[str] = []
+        for o in outputs:
+            self.producer.produce(
+                self.settings.topic(o.topic), key=o.key, value=o.value, headers=o.headers,
+                on_delivery=lambda error, _m: errors.append(str(error)) if error else None,
+            )  # fmt: skip
+        remaining = self.producer.flush(FLUSH_TIMEOUT_S)
+        if errors or remaining:
+            raise DependencyUnavailable(
+                f"dead letters not acknowledged by Kafka: {errors[:3]}, {remaining} left"
+            )
+
+    # -- containment -------------------------------------------------------------------
+
+    def _contained(
+        self,
+        messages: Sequence[Message],
+        attempt: Callable[[Sequence[Message]], Any],
+        poisoned: Callable[[Message, Exception], Any],
+    ) -> None:
+        """``attempt(messages)``; on an error about the data, split until the one message
+        that raises is found and hand it to ``poisoned``. At most 2·log2(n) extra
+        attempts per poison message."""
+        try:
+            attempt(messages)
+            return
+        except Exception as exc:
+            if not _containable(exc):
+                raise
+            if len(messages) == 1:
+                poisoned(messages[0], _as_poison(exc))
+                return
+            self.log.info("a batch of %d failed (%s: %s); splitting it to find the message",
+                          len(messages), type(exc).__name__, _short(exc))  # fmt: skip
+        half = len(messages) // 2
+        self._contained(messages[:half], attempt, poisoned)
+        self._contained(messages[half:], attempt, poisoned)
+
+    def _poisoned(self, message: Message, error: Exception, batch: Batch) -> list[Output]:
+        """The stage's ``poison`` for one message, logged and counted."""
+        outputs = self.stage.poison(message, error, batch)
+        error_class = type(error).__name__
+        self.metrics.poison.labels(self.stage.name, error_class).inc()
+        fields = header_map(message.headers())
+        with logs.bound(**logs.message_fields(fields, message.value())):
+            self.log.warning(
+                "poison message %s[%s]@%s to the dead-letter store: %s: %s",
+                message.topic(), message.partition(), message.offset(), error_class,
+                _short(error), extra={"error_class": error_class},
+                exc_info=None if isinstance(error, PoisonMessage) else error,
+            )  # fmt: skip
+        return outputs
+
+    # -- halts, outages, rewinds -------------------------------------------------------
+
+    def _halted(self) -> bool:
+        """Whether the stage is halted (looked up every ``HALT_CHECK_S``); while it is,
+        wait a moment instead of polling."""
+        store = self.stage.halts
+        if store is None:
+            return False
+        now = time.monotonic()
+        if now >= self.next_halt_check:
+            halt = store.active()
+            self.next_halt_check = now + halt_store.HALT_CHECK_S
+            self._set_halted(halt.reason if halt else None)
+        if self.halted_reason is None:
+            return False
+        self.stopped.wait(min(1.0, max(0.0, self.next_halt_check - time.monotonic())))
+        return True
+
+    def _halt(self, reason: str) -> None:
+        self.log.error("%s halted: %s", self.stage.name, reason)
+        if self.stage.halts is not None:
+            self.stage.halts.record(reason)
+        self._set_halted(reason)
+        self.rewind_owed = True
+
+    def _set_halted(self, reason: str | None) -> None:
+        was = self.halted_reason
+        self.halted_reason = reason
+        self.metrics.halted.labels(self.stage.name).set(1 if reason else 0)
+        if reason is None and was is not None:
+            self.log.warning("%s halt cleared; resuming from the stored position", self.stage.name)
+            self.rewind_owed = True
+            if not self._subscribed:
+                self.subscribe()
+        if reason is not None and self._subscribed:
+            # A halted stage holds no partitions: another instance (also halted, as the
+            # halt is per stage) or a restarted one resumes exactly where it stopped.
+            self.consumer.unsubscribe()
+            self.positions.clear()
+            self._subscribed = False
+
+    def _wait_out(self, error: Exception) -> None:
+        delay = BACKOFF_S[min(self.failures_in_a_row, len(BACKOFF_S) - 1)]
+        self.failures_in_a_row += 1
+        self.metrics.transient.labels(self.stage.name, type(error).__name__).inc()
+        self.log.warning("%s: dependency unavailable (%s: %s); retrying in %s s",
+                         self.stage.name, type(error).__name__, _short(error), delay)  # fmt: skip
+        self.rewind_owed = True
+        self.stopped.wait(delay)
+        try:
+            self.stage.reconnect()
+        except Exception as still_down:
+            if not is_transient(still_down):
+                raise
+            self.log.warning("reconnecting failed (%s)", _short(still_down))
+
+    def _rewind(self) -> None:
+        """Seek every owned partition back to where its next batch must start."""
+        if isinstance(self.stage.commit, InDatabase):
+            stored = self.stage.stored_offsets(list(self.positions))
+            self.positions = {k: stored.get(k) for k in self.positions}
+            for (topic, partition), offset in self.positions.items():
+                where = offset if offset is not None else OFFSET_BEGINNING
+                try:
+                    self.consumer.seek(TopicPartition(topic, partition, where))
+                except KafkaException as exc:  # revoked meanwhile: nothing to seek
+                    self.log.info("seek %s[%d] skipped: %s", topic, partition, exc)
+        else:
+            rewind(self.consumer)
+        self.rewind_owed = False
+        self.stage.rewound()
+
+
+def _containable(error: Exception) -> bool:
+    """An error about the data at hand: not a dependency's outage, not a halt."""
+    return not is_transient(error) and not isinstance(error, StageHalted)
+
+
+def _as_poison(error: Exception) -> Exception:
+    if isinstance(error, ValidationError):
+        return PoisonMessage(describe(error))
+    return error
+
+
+#: A reason travels in a header and a log line: long texts are cut.
+REASON_MAX = 300
+
+
+def _short(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= REASON_MAX else text[:REASON_MAX] + "..."
