@@ -127,20 +127,30 @@ def is_customer_request(request: TransferRequest) -> bool:
 def _reference_reasons(
     request: TransferRequest, debit: AccountFacts | None, credit: AccountFacts | None
 ) -> list[RejectReason]:
+    """Why references that name none of our accounts are refused.
+
+    Any string may arrive here (the Kafka message keeps references as text, so that a
+    reference no edge checked ends as a rejection, not a poison message): an unknown
+    debit account, a reference that is neither an id nor an IBAN, and an id of no
+    account of ours are all ``unknown_account``; only a credit IBAN says more.
+    """
     reasons = []
     if debit is None:
         reasons.append(RejectReason.UNKNOWN_ACCOUNT)
     if credit is None:
-        if looks_like_iban(request.credit_account):
-            # Not one of ours: an external transfer (not built yet), or a mistyped IBAN.
-            try:
-                normalize_iban(request.credit_account)
-                reasons.append(RejectReason.EXTERNAL_NOT_SUPPORTED)
-            except InvalidIban:
-                reasons.append(RejectReason.INVALID_IBAN)
-        else:
-            reasons.append(RejectReason.UNKNOWN_ACCOUNT)
+        reasons.append(_unresolved_credit_reason(request.credit_account))
     return reasons
+
+
+def _unresolved_credit_reason(reference: str) -> RejectReason:
+    if not looks_like_iban(reference):
+        return RejectReason.UNKNOWN_ACCOUNT
+    try:
+        normalize_iban(reference)
+    except InvalidIban:
+        return RejectReason.INVALID_IBAN
+    # A valid IBAN, not one of ours: an external transfer (not built yet).
+    return RejectReason.EXTERNAL_NOT_SUPPORTED
 
 
 def _account_reasons(

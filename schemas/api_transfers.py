@@ -2,18 +2,28 @@
 
 Amounts are decimal strings with the currency's exponent at this edge, parsed by
 ``bankflow.domain.money`` while the body is validated, so a bad amount answers 422
-naming the ``amount`` field. Responses never carry a field the caller may not see.
+naming the ``amount`` field; an account reference that is neither an account id (a
+UUID) nor a valid IBAN answers 422 naming its field the same way. Responses never
+carry a field the caller may not see.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
-from bankflow.domain.errors import InvalidAmount, UnsupportedCurrency
+from bankflow.domain.errors import InvalidAccountReference, InvalidAmount, UnsupportedCurrency
+from bankflow.domain.iban import parse_account_reference
 from bankflow.domain.money import parse_amount
 from schemas.transfers import (
     ACCOUNT_REFERENCE_MAX,
@@ -26,7 +36,34 @@ from schemas.transfers import (
 )
 
 TransferStatus = Literal["requested", "review", "accepted", "rejected", "posted", "failed"]
-Amount = Annotated[str, Field(min_length=1, max_length=32, examples=["12.50"])]
+
+#: The longest decimal string an amount may be written as, here and in batch files:
+#: AMOUNT_MINOR_MAX has 16 digits, and a bound keeps a 5,000-digit "amount" from ever
+#: reaching int() (which refuses more than 4,300 digits with a ValueError).
+AMOUNT_TEXT_MAX: Final = 32
+
+Amount = Annotated[str, Field(min_length=1, max_length=AMOUNT_TEXT_MAX, examples=["12.50"])]
+
+
+def _account_reference(text: str) -> str:
+    try:
+        return parse_account_reference(text)
+    except InvalidAccountReference as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: An account named by its id or its IBAN, checked and put in canonical form (a
+#: lower-case UUID, a compact upper-case IBAN) by ``parse_account_reference``.
+AccountReference = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=ACCOUNT_REFERENCE_MAX,
+        description="An account id (a UUID) or a valid IBAN.",
+        examples=["DE60999900000000000017"],
+    ),
+    AfterValidator(_account_reference),
+]
 
 
 class _Body(BaseModel):
@@ -62,7 +99,7 @@ class TransferIn(_Body):
             "examples": [
                 {
                     "debit_account": "0b7e6c1e-4a0f-4e43-9a57-1a2f3c4d5e6f",
-                    "credit_account": "DE02999900000000000017",
+                    "credit_account": "DE60999900000000000017",
                     "amount": "25.00",
                     "currency": "EUR",
                     "description": "Concert tickets",
@@ -74,10 +111,7 @@ class TransferIn(_Body):
     )
 
     debit_account: uuid.UUID
-    credit_account: str = Field(
-        min_length=1, max_length=ACCOUNT_REFERENCE_MAX, pattern=TEXT_PATTERN,
-        description="An account id or an IBAN.",
-    )  # fmt: skip
+    credit_account: AccountReference
     description: str = Field(default="", max_length=DESCRIPTION_MAX, pattern=TEXT_PATTERN)
     category: str | None = Field(default=None, max_length=CATEGORY_MAX, pattern=TEXT_PATTERN)
     tags: list[Tag] = Field(default_factory=list, max_length=TAGS_MAX)

@@ -19,3 +19,7 @@ class UnsupportedCurrency(DomainError):
 
 class InvalidIban(DomainError):
     """An IBAN's format or check digits are wrong."""
+
+
+class InvalidAccountReference(DomainError):
+    """An account is named by something other than an account id (a UUID) or a valid IBAN."""

@@ -14,19 +14,26 @@ DTDs, entity declarations and external references, so an XXE or a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, BinaryIO
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from producers.ingest.records import BatchLine, FileRefused
+from producers.ingest.records import BatchLine, FileRefused, LineError, checked
+from schemas.api_transfers import AMOUNT_TEXT_MAX
 
 TRANSACTION = "CdtTrfTxInf"
 PAYMENT_BLOCK = "PmtInf"
 GROUP_HEADER = "GrpHdr"
+#: What the totals check adds up: a plain decimal, never an exponent, NaN or Infinity
+#: (which Decimal takes, and whose sums raise or never compare equal).
+_PLAIN_DECIMAL = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
+#: Characters of a bad value quoted when a file is refused.
+_QUOTED_MAX = 40
 
 
 def _local(tag: str) -> str:
@@ -82,6 +89,7 @@ def check_totals(stream: BinaryIO) -> int:
     group = _Totals()
     block = _Totals()
     declared: list[tuple[str, str | None, str | None, _Totals]] = []
+    header: tuple[str | None, str | None] | None = None
     for event, element in _events(stream):
         name = _local(element.tag)
         if event == "start" and name == PAYMENT_BLOCK:
@@ -101,6 +109,8 @@ def check_totals(stream: BinaryIO) -> int:
             element.clear()
         elif name == GROUP_HEADER:
             header = (_text(element, "NbOfTxs"), _text(element, "CtrlSum"))
+    if header is None:
+        raise FileRefused("not a pain.001 file: it has no group header (GrpHdr)")
     declared.append(("the group header", *header, group))
     for where, count, total, actual in declared:
         _compare(where, count, total, actual)
@@ -113,10 +123,12 @@ def _compare(where: str, count: str | None, total: str | None, actual: _Totals) 
     if count is not None and count != str(actual.count):
         raise FileRefused(f"NbOfTxs of {where} says {count}, the file holds {actual.count}")
     if total is not None:
-        try:
-            declared = Decimal(total)
-        except InvalidOperation:
-            raise FileRefused(f"CtrlSum of {where} is not a decimal: {total!r}") from None
+        declared = _decimal(total)
+        if declared is None:
+            raise FileRefused(
+                f"CtrlSum of {where} is not a plain decimal of at most {AMOUNT_TEXT_MAX} "
+                f"characters: {total[:_QUOTED_MAX]!r}"
+            )
         if declared != actual.amount:
             raise FileRefused(
                 f"CtrlSum of {where} says {total}, the amounts sum to {actual.amount}"
@@ -124,11 +136,15 @@ def _compare(where: str, count: str | None, total: str | None, actual: _Totals) 
 
 
 def _amount_value(transaction: Any) -> Decimal:
-    text = _text(transaction, "Amt", "InstdAmt") or "0"
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        return Decimal(0)  # reported per transaction by parse_pain001
+    # A bad amount counts as 0 here; it is reported on its own line by the ingest.
+    return _decimal(_text(transaction, "Amt", "InstdAmt") or "0") or Decimal(0)
+
+
+def _decimal(text: str) -> Decimal | None:
+    """A bounded plain decimal string as a Decimal; None for anything else."""
+    if len(text) > AMOUNT_TEXT_MAX or not _PLAIN_DECIMAL.match(text):
+        return None
+    return Decimal(text)
 
 
 def message_id(stream: BinaryIO) -> str:
@@ -139,8 +155,8 @@ def message_id(stream: BinaryIO) -> str:
     return ""
 
 
-def parse_pain001(stream: BinaryIO) -> Iterator[BatchLine]:
-    """Every transaction as a line (``line`` counts transactions from 1)."""
+def parse_pain001(stream: BinaryIO) -> Iterator[BatchLine | LineError]:
+    """Every transaction as a line (``line`` counts transactions from 1), or its error."""
     number = 0
     debtor_iban: str | None = None
     block_id = ""
@@ -152,7 +168,7 @@ def parse_pain001(stream: BinaryIO) -> Iterator[BatchLine]:
             block_id = (element.text or "").strip()
         elif event == "end" and name == TRANSACTION:
             number += 1
-            yield _transaction(element, number, block_id, debtor_iban)
+            yield checked(_transaction(element, number, block_id, debtor_iban))
             element.clear()
         elif event == "end" and name == PAYMENT_BLOCK:
             element.clear()

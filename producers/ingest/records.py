@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from bankflow.domain.errors import InvalidAccountReference
+from bankflow.domain.iban import parse_account_reference
 from bankflow.errors import BankflowError
+from schemas.api_transfers import AMOUNT_TEXT_MAX
 
 #: The columns of a CSV file and the fields of a JSON Lines record, in order.
 FIELDS = (
@@ -47,3 +51,26 @@ class LineError:
 
     def as_dict(self) -> dict[str, object]:
         return {"line": self.line, "field": self.field, "reason": self.reason}
+
+
+def checked(line: BatchLine) -> BatchLine | LineError:
+    """The line with its account references in canonical form, or its first bad field.
+
+    Every format's parser hands its lines through here, so a file holds the same
+    references the API does: an account id (a UUID) or a valid IBAN, nothing else. A
+    missing debit account (a pain.001 block without a debtor IBAN) is left for
+    ``--debtor-account``. The amount's length is bounded before anything converts it.
+    """
+    if len(line.amount) > AMOUNT_TEXT_MAX:
+        return LineError(line.line, "amount", f"longer than {AMOUNT_TEXT_MAX} characters")
+    debit = line.debit_account
+    try:
+        if debit is not None:
+            debit = parse_account_reference(debit)
+    except InvalidAccountReference as exc:
+        return LineError(line.line, "debit_account", str(exc))
+    try:
+        credit = parse_account_reference(line.credit_account)
+    except InvalidAccountReference as exc:
+        return LineError(line.line, "credit_account", str(exc))
+    return dataclasses.replace(line, debit_account=debit, credit_account=credit)

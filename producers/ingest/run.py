@@ -22,8 +22,8 @@ import orjson
 import psycopg
 
 from bankflow.bootstrap import db_connect, kafka_producer
-from bankflow.domain.errors import DomainError
-from bankflow.domain.iban import account_reference_key, looks_like_iban
+from bankflow.domain.errors import DomainError, InvalidAccountReference
+from bankflow.domain.iban import account_reference_key, looks_like_iban, parse_account_reference
 from bankflow.domain.money import parse_amount
 from bankflow.domain.posting import INTERNAL_TYPES
 from bankflow.settings import Settings
@@ -256,6 +256,12 @@ def ingest(
     except OSError as exc:
         report.refused = f"cannot read {path}: {exc.strerror}"
         return report
+    if debtor_account:
+        try:
+            debtor_account = parse_account_reference(debtor_account)
+        except InvalidAccountReference as exc:
+            report.refused = f"--debtor-account: {exc}"
+            return report
     producer = kafka_producer(settings)
     topic = settings.topic(TRANSFERS_REQUESTED)
     chunk: list[tuple[bytes, bytes]] = []

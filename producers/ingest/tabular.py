@@ -12,7 +12,14 @@ from typing import BinaryIO
 
 import orjson
 
-from producers.ingest.records import FIELDS, REQUIRED, BatchLine, FileRefused, LineError
+from producers.ingest.records import (
+    FIELDS,
+    REQUIRED,
+    BatchLine,
+    FileRefused,
+    LineError,
+    checked,
+)
 
 BOM = b"\xef\xbb\xbf"
 
@@ -117,10 +124,10 @@ def _line(number: int, record: dict[str, str]) -> BatchLine | LineError:
         if not record.get(name, "").strip():
             return LineError(number, name, "missing")
     tags = [t.strip() for t in record.get("tags", "").split(";") if t.strip()]
-    return BatchLine(
+    return checked(BatchLine(
         line=number, key=f"line:{number}", debit_account=record["debit_account"].strip(),
         credit_account=record["credit_account"].strip(), amount=record["amount"].strip(),
         currency=record["currency"].strip().upper(), description=record.get("description", ""),
         category=record.get("category") or None, tags=tags,
         reference=record.get("reference") or None,
-    )  # fmt: skip
+    ))  # fmt: skip

@@ -167,3 +167,38 @@ def _wait_for_status(client: TestClient, auth: dict, transfer_id: str, status: s
             return
         time.sleep(0.1)
     raise AssertionError(f"{transfer_id} is {seen}, never {status}")
+
+
+#: References the API must refuse: the id that once reached PostgreSQL's ::uuid cast,
+#: an IBAN with wrong check digits, an id in braces, a word.
+BAD_REFERENCES = [
+    "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz",
+    "DE89370400440532013001",
+    "{0b7e6c1e-4a0f-4e43-9a57-1a2f3c4d5e6f}",
+    "savings",
+]
+
+
+def test_an_account_reference_that_is_neither_an_id_nor_an_iban_is_a_422_naming_it(
+    settings: Settings, topics, db: Any, redis_client: Any
+) -> None:
+    settings = settings.model_copy(update={"password_hash_profile": "test"})
+    topics()
+    with TestClient(create_app(settings)) as client:
+        ann, (a1, a2) = customer(client, db, settings, "ann@example.com")
+        for bad in BAD_REFERENCES:
+            body = problem(send(client, ann, transfer(a1, bad, "1.00"), wait=0), 422, "validation")
+            assert [e["field"] for e in body["errors"]] == ["credit_account"], body
+            assert "credit_account" in body["detail"]
+            assert bad[:20] in str(body["errors"]), body
+        for bad in BAD_REFERENCES[:1]:
+            body = problem(send(client, ann, transfer(bad, a2, "1.00"), wait=0), 422, "validation")
+            assert [e["field"] for e in body["errors"]] == ["debit_account"], body
+        # An IBAN as written on paper is taken, and handed on in its compact form.
+        iban = db.execute("select iban from accounts where id = %s", (a2,)).fetchone()[0]
+        paper = " ".join(iban[i : i + 4] for i in range(0, len(iban), 4)).lower()
+        accepted = send(client, ann, transfer(a1, paper, "1.00"), wait=0)
+        assert accepted.status_code == 202, accepted.text
+    produced = read_committed(settings, TRANSFERS_REQUESTED, expected=1)[TRANSFERS_REQUESTED]
+    assert len(produced) == 1  # nothing of the refused bodies reached Kafka
+    assert f'"credit_account":"{iban}"'.encode() in produced[0].value()

@@ -55,13 +55,18 @@ def test_each_sample_pain001_becomes_one_request_per_transaction(
     expected = []
     for sample in sorted(SAMPLES.glob("*.xml")):
         report = ingest(settings, sample)
-        assert report.refused is None and report.errors == [], report.as_dict()
+        assert report.refused is None, report.as_dict()
         assert report.format == "pain001"
+        # The Swiss sample pays two postal accounts (Othr/Id 01-39139-1, 25-9034-2):
+        # neither an account id nor an IBAN, so bad lines naming the creditor account.
+        postal = [1, 2] if sample.name.endswith(".ch.02.xml") else []
+        assert [(e.line, e.field) for e in report.errors] == [
+            (n, "credit_account") for n in postal
+        ], report.as_dict()
         expected += [report.requests_produced]
     found = requested(settings, sum(expected))
     assert sorted((r.amount_minor, r.currency) for r in found) == sorted(
-        [(394_975, "CHF"), (847_925, "CHF"), (342_100, "EUR")]
-        + [(654_314, "EUR"), (11_272, "EUR")] * 4
+        [(342_100, "EUR")] + [(654_314, "EUR"), (11_272, "EUR")] * 4
     )
     assert all(r.source == "batch" and r.requested_by == f"customer:{customer}" for r in found)
     assert len({r.transfer_id for r in found}) == len(found)
@@ -212,8 +217,14 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
             stop_service(service)
 
     assert reports[0]["statuses"] == {"posted": 2}
-    assert reports[1]["statuses"] == {"rejected": 3}
-    assert reports[1]["reasons"] == {"unknown_account": 2, "external_not_supported": 1}
+    # The Swiss file's two postal-account creditors are bad lines at the edge; the
+    # third transaction pays an IBAN that is not ours.
+    assert [(e["line"], e["field"]) for e in reports[1]["errors"]] == [
+        (1, "credit_account"),
+        (2, "credit_account"),
+    ]
+    assert reports[1]["statuses"] == {"rejected": 1}
+    assert reports[1]["reasons"] == {"external_not_supported": 1}
     plain = Path(reports[0]["pain002"]).read_text()
     from defusedxml.ElementTree import fromstring
 
@@ -221,5 +232,42 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
     assert "<GrpSts>ACCP</GrpSts>" in plain and plain.count("<TxSts>ACCP</TxSts>") == 2
     assert "<OrgnlEndToEndId>OriginatorID1234</OrgnlEndToEndId>" in plain
     swiss = Path(reports[1]["pain002"]).read_text()
-    assert "<GrpSts>RJCT</GrpSts>" in swiss and swiss.count("<TxSts>RJCT</TxSts>") == 3
+    assert "<GrpSts>RJCT</GrpSts>" in swiss and swiss.count("<TxSts>RJCT</TxSts>") == 1
     assert "<Prtry>external_not_supported</Prtry>" in swiss
+
+
+def test_bad_account_references_are_bad_lines_and_the_good_lines_go_on(
+    settings: Settings, topics, db, tmp_path: Path
+) -> None:
+    topics(TRANSFERS_REQUESTED)
+    customer = create_customer(db, "Jane Doe")
+    payer = open_account(
+        db, settings, customer_id=customer, account_type="checking", currency="EUR"
+    )
+    payee = open_account(
+        db, settings, customer_id=create_customer(db, "Shop"), account_type="checking",
+        currency="EUR",
+    )  # fmt: skip
+    csv = tmp_path / "references.csv"
+    csv.write_text(
+        "debit_account,credit_account,amount,currency\n"
+        f"{payer.id},zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz,1.00,EUR\n"
+        f"{payer.id},DE89370400440532013001,1.00,EUR\n"  # wrong check digits
+        f"not-an-account,{payee.iban},1.00,EUR\n"
+        f"{str(payer.id).upper()},{payee.iban.lower()},2.00,EUR\n"
+    )
+    report = ingest(settings, csv)
+    assert report.refused is None
+    assert [(e.line, e.field) for e in report.errors] == [
+        (2, "credit_account"),
+        (3, "credit_account"),
+        (4, "debit_account"),
+    ]
+    assert report.requests_produced == 1
+    (request,) = requested(settings, 1)
+    # Handed on in canonical form: the id lower case, the IBAN compact and upper case.
+    assert (request.debit_account, request.credit_account) == (str(payer.id), payee.iban)
+
+    refused = ingest(settings, csv, debtor_account="zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz")
+    assert refused.refused is not None and refused.refused.startswith("--debtor-account")
+    assert refused.requests_produced == 0

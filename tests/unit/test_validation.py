@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bankflow.domain.iban import account_reference_key
 from bankflow.domain.posting import AccountStatus, AccountType
@@ -14,9 +16,11 @@ from processors.validation import (
     RejectReason,
     validate,
 )
-from schemas.transfers import TransferRequest, TransferSource
+from schemas.transfers import ACCOUNT_REFERENCE_MAX, TransferRequest, TransferSource
 
 OWNER = uuid.uuid4()
+#: The control characters the message schema refuses in text (TEXT_PATTERN).
+CONTROLS = "".join(chr(c) for c in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 def facts(**kwargs) -> AccountFacts:
@@ -162,3 +166,64 @@ def test_an_account_id_that_starts_like_an_iban_is_still_an_id() -> None:
     assert looks_like_iban("DE89 3704 0044 0532 0130 00")
     a, b = facts(id=uuid.UUID("ab12cdef-0000-4000-8000-000000000000")), facts()
     assert validate(request(str(a.id), str(b.id)), book(a, b)).outcome == "accepted"
+
+
+#: What a reference on transfers.requested may be: any text the message schema lets
+#: through (1 to 64 characters, no control characters), checked at no edge.
+ANY_REFERENCE = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=CONTROLS),
+    min_size=1,
+    max_size=ACCOUNT_REFERENCE_MAX,
+)
+#: References that look like what they are not: the id that once reached PostgreSQL's
+#: ::uuid cast, IBAN-shaped text, ids with braces or a urn prefix, non-ASCII digits.
+TRICKY_REFERENCES = [
+    "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz",
+    "DE89370400440532013001",
+    "DE00" + "Z" * 30,
+    "{0b7e6c1e-4a0f-4e43-9a57-1a2f3c4d5e6f}",
+    "urn:uuid:0b7e6c1e-4a0f-4e43-9a57-1a2f3c4d5e6f",
+    "0b7e6c1e4a0f4e439a571a2f3c4d5e6f",
+    "١٢٣٤٥٦٧٨-١٢٣٤-١٢٣٤-١٢٣٤-١٢٣٤٥٦٧٨٩٠١٢",
+    "' or 1=1 --",
+    " ",
+]
+
+
+def assert_rejected_with_reasons(decision) -> None:
+    assert decision.outcome == "rejected"
+    assert decision.accepted is None
+    assert decision.reasons, "a rejection always says why"
+    assert all(isinstance(reason, RejectReason) for reason in decision.reasons)
+
+
+@settings(max_examples=300, deadline=None)
+@given(reference=st.one_of(ANY_REFERENCE, st.sampled_from(TRICKY_REFERENCES)))
+def test_any_text_as_an_account_reference_is_rejected_with_a_reason(reference: str) -> None:
+    a, b = facts(), facts()
+    known = book(a, b)
+    for debit, credit in ((reference, str(b.id)), (str(a.id), reference), (reference, reference)):
+        decision = validate(request(debit, credit), known)
+        assert_rejected_with_reasons(decision)
+    # An unknown debit account is unknown_account, whatever its text.
+    assert RejectReason.UNKNOWN_ACCOUNT in validate(request(reference, str(b.id)), known).reasons
+    credit_reasons = validate(request(str(a.id), reference), known).reasons
+    assert set(credit_reasons) <= {
+        RejectReason.UNKNOWN_ACCOUNT,
+        RejectReason.INVALID_IBAN,
+        RejectReason.EXTERNAL_NOT_SUPPORTED,
+    }
+
+
+@pytest.mark.parametrize("reference", TRICKY_REFERENCES)
+def test_a_reference_that_is_neither_an_id_nor_an_iban_is_unknown_or_an_invalid_iban(
+    reference: str,
+) -> None:
+    a, b = facts(), facts()
+    assert validate(request(reference, str(b.id)), book(a, b)).reasons == (
+        RejectReason.UNKNOWN_ACCOUNT,
+    )
+    expected = (
+        RejectReason.INVALID_IBAN if reference.startswith("DE") else RejectReason.UNKNOWN_ACCOUNT
+    )
+    assert validate(request(str(a.id), reference), book(a, b)).reasons == (expected,)
