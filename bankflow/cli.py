@@ -110,28 +110,39 @@ def stack_status(as_json: JsonFlag = False) -> None:
 
 @app.command("status")
 def status(as_json: JsonFlag = False) -> None:
-    """Every service (its metrics port's /healthz and /readyz) and every server, at a glance.
+    """Every service (its metrics port's /healthz and /readyz, and what `run all` says
+    of it) and every server, at a glance.
 
-    Exit 1 if a service is down or not ready, or a server is down.
+    Exit 1 if a service is down, not ready or crash-looping, or a server is down.
     """
     from bankflow.observability import service_statuses
-    from bankflow.services import SERVICES
+    from bankflow.registry import NAMES
+    from bankflow.services import read_state
     from infra.stack import LocalStack
 
     settings = _settings()
-    services = service_statuses(settings, list(SERVICES))
+    services = service_statuses(settings, list(NAMES))
+    state = read_state(settings)
+    running = state is not None and state["supervisor"]["running"]
+    supervised = {s["name"]: s for s in state["services"]} if running and state else {}
+    for s in services:
+        s["supervisor"] = supervised.pop(s["name"], None)
+    # Processes run all runs beyond the registry's names: the demo feed, extra instances.
+    services += [
+        {"name": name, "address": None, "state": "no port", "ready": False, "supervisor": child}
+        for name, child in supervised.items()
+    ]
     servers = LocalStack(settings).status()
     if as_json:
-        _print_json({"services": services, "servers": [s.as_dict() for s in servers]})
+        _print_json(
+            {
+                "services": services,
+                "supervisor": None if state is None else state["supervisor"],
+                "servers": [s.as_dict() for s in servers],
+            }
+        )
     else:
-        table = Table("service", "state", "ready", "metrics address", title="services")
-        for s in services:
-            colour = "green" if s["state"] == "up" and s["ready"] else "red"
-            ready = ("yes" if s["ready"] else "no") if s["state"] == "up" else "-"
-            table.add_row(
-                s["name"], f"[{colour}]{s['state']}[/{colour}]", ready, s["address"] or "-"
-            )
-        Console().print(table)
+        Console().print(_services_table(services, state))
         table = Table("server", "state", "address", "version", title="servers")
         for column in table.columns:
             column.overflow = "fold"
@@ -144,9 +155,47 @@ def status(as_json: JsonFlag = False) -> None:
                 server.version or "-",
             )
         Console().print(table)
-    healthy = all(s["state"] == "up" and s["ready"] for s in services)
+    healthy = all(
+        s["state"] == "up" and s["ready"] for s in services if s["name"] in NAMES
+    ) and not any(s["supervisor"] and s["supervisor"]["crash_looping"] for s in services)
     if not healthy or any(s.state != "up" for s in servers):
         raise typer.Exit(1)
+
+
+def _services_table(services: list[dict[str, Any]], state: dict[str, Any] | None) -> Table:
+    if state is None:
+        caption = "no `bankflow run all` has run here"
+    elif state["supervisor"]["running"]:
+        caption = f"supervised by `bankflow run all` (pid {state['supervisor']['pid']})"
+    else:
+        caption = (
+            f"`bankflow run all` is not running (last seen {state['supervisor']['updated_at']})"
+        )
+    table = Table(
+        "service", "state", "ready", "metrics address", "run all", "restarts", "last exit",
+        title="services", caption=caption,
+    )  # fmt: skip
+    for column in table.columns:
+        column.overflow = "fold"
+    colours = {"running": "green", "backoff": "yellow", "crash-looping": "red"}
+    for s in services:
+        colour = "green" if s["state"] == "up" and s["ready"] else "red"
+        ready = ("yes" if s["ready"] else "no") if s["state"] == "up" else "-"
+        child = s["supervisor"]
+        supervised = ["-", "-", "-"]
+        if child is not None:
+            tint = colours.get(child["state"], "white")
+            waiting = f" ({child['restart_in_s']} s)" if child["restart_in_s"] is not None else ""
+            exit_code = child["last_exit_code"]
+            supervised = [
+                f"[{tint}]{child['state']}[/{tint}]{waiting}",
+                str(child["restarts"]),
+                "-" if exit_code is None else str(exit_code),
+            ]
+        table.add_row(
+            s["name"], f"[{colour}]{s['state']}[/{colour}]", ready, s["address"] or "-", *supervised
+        )
+    return table
 
 
 # -------------------------------------------------------------- migrations
@@ -755,21 +804,44 @@ def _lag_table(document: dict[str, Any], settings: Settings) -> Table:
 def run(
     service: Annotated[str, typer.Argument(help="A service name, or `all`.")],
     demo: Annotated[bool, typer.Option(help="With `all`: also feed demo traffic.")] = False,
+    only: Annotated[
+        str, typer.Option(help="With `all`: only these services (comma-separated).")
+    ] = "",
+    without: Annotated[
+        str, typer.Option(help="With `all`: every service but these (comma-separated).")
+    ] = "",
 ) -> None:
-    """Run one service in the foreground, or `all` of them (Ctrl-C stops them)."""
-    from bankflow.services import DEMO, SERVICES, entry_point, run_all
+    """Run one service in the foreground, or `all` of them, each restarted when it exits.
+
+    `all` supervises: a service that exits is started again after 1 s, doubling to
+    30 s while it keeps exiting; the others keep running. Ctrl-C stops them all.
+    """
+    from bankflow import registry
+    from bankflow.services import chosen, run_all
 
     settings = _settings()
     if service == "all":
-        raise typer.Exit(run_all(settings, console.print, demo=demo))
-    if service not in SERVICES and service not in DEMO:
-        known = ", ".join(["all", *SERVICES, *DEMO])
+        try:
+            names = chosen(demo, _names(only), _names(without))
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+        raise typer.Exit(run_all(settings, console.print, names))
+    if only or without:
+        console.print("[red]--only and --without go with `run all`[/red]")
+        raise typer.Exit(2)
+    if service not in registry.BY_NAME:
+        known = ", ".join(["all", *registry.BY_NAME])
         console.print(f"[red]unknown service {service!r}[/red]; known: {known}")
         raise typer.Exit(2)
     from bankflow.logs import set_service
 
     set_service(service)  # every log line of the process names its service
-    entry_point(service)(settings)
+    registry.service(service).entry_point()(settings)
+
+
+def _names(option: str) -> list[str]:
+    return [name.strip() for name in option.split(",") if name.strip()]
 
 
 # ------------------------------------------------------------------- users

@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     dlq_sink_metrics_port: int = Field(default=9107, ge=0, le=65535)
     tracker_metrics_port: int = Field(default=9109, ge=0, le=65535)
     cache_metrics_port: int = Field(default=9110, ge=0, le=65535)
+    #: ``bankflow run all``'s supervisor: restarts and crash loops of the services it runs.
+    supervisor_metrics_port: int = Field(default=9111, ge=0, le=65535)
     #: One evaluation of every group this often.
     lag_poll_interval_s: float = Field(default=5.0, gt=0, le=300)
     #: Statuses are judged over this many evaluations (Burrow's window): 12 x 5 s, a minute.

@@ -44,11 +44,18 @@ from confluent_kafka import (
 # confluent-kafka re-exports OffsetSpec without declaring it, and its factories are untyped.
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from bankflow import registry
 from bankflow.bootstrap import db_connect, kafka_admin, kafka_consumer
 from bankflow.domain.lag import GroupLag, LagTracker, PartitionReading
 from bankflow.settings import Settings
 from consumers.tracker import TRACKED
-from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_REQUESTED, retry_topic
+from schemas.topics import (
+    TRANSFERS_ACCEPTED,
+    TRANSFERS_DLQ,
+    TRANSFERS_POSTED,
+    TRANSFERS_REQUESTED,
+    retry_topic,
+)
 
 log = logging.getLogger("bankflow.lag")
 
@@ -78,34 +85,32 @@ class MonitoredGroup:
 
 def monitored_groups(settings: Settings) -> tuple[MonitoredGroup, ...]:
     """Every consumer group of a bankflow service (temporary readers such as
-    ``ingest --wait`` are not services and are left out)."""
+    ``ingest --wait`` are not services and are left out).
+
+    The names and group ids come from ``bankflow.registry``; what each group reads
+    is said here. ``tests/unit/test_registry.py`` holds the two to each other.
+    """
+
+    def group(name: str, topics: tuple[tuple[str, float], ...], **kw: bool) -> MonitoredGroup:
+        group_id = registry.service(name).group_id(settings)
+        if group_id is None:
+            raise LookupError(f"bankflow.registry gives {name} no consumer group")
+        return MonitoredGroup(name, group_id, topics, **kw)
+
     return (
-        MonitoredGroup(
-            "validator", settings.validator_group, ((settings.topic(TRANSFERS_REQUESTED), 0),)
-        ),
-        MonitoredGroup(
+        group("validator", ((settings.topic(TRANSFERS_REQUESTED), 0),)),
+        group(
             "retrier",
-            settings.retrier_group,
             tuple(
                 (settings.topic(retry_topic(tier)), delay_s)
                 for tier, delay_s in settings.retry_tiers.items()
             ),
         ),
-        MonitoredGroup(
-            "poster",
-            settings.poster_group,
-            ((settings.topic(TRANSFERS_ACCEPTED), 0),),
-            offsets_in_postgres=True,
-        ),
-        MonitoredGroup(
-            "tracker", settings.tracker_group, tuple((settings.topic(t), 0) for t in TRACKED)
-        ),
-        # The group id consumers/dlq_sink.py gives its consumer.
-        MonitoredGroup(
-            "dlq-sink",
-            f"{settings.topic_prefix}bankflow-dlq-sink",
-            ((settings.topic(TRANSFERS_DLQ), 0),),
-        ),
+        group("poster", ((settings.topic(TRANSFERS_ACCEPTED), 0),), offsets_in_postgres=True),
+        group("tracker", tuple((settings.topic(t), 0) for t in TRACKED)),
+        group("dlq-sink", ((settings.topic(TRANSFERS_DLQ), 0),)),
+        # The balance cache's faust agent commits its offsets to Kafka like the others.
+        group("cache", ((settings.topic(TRANSFERS_POSTED), 0),)),
     )
 
 

@@ -2,7 +2,9 @@
 
 No Docker engine runs on our CI machines, so this checks the file's structure:
 official images, a KRaft Kafka 4 node, healthchecks that gate the services, and
-bankflow settings that name the compose services.
+bankflow settings that name the compose services. That compose runs exactly the
+services of ``bankflow.registry``, and Prometheus scrapes them, is checked in
+tests/unit/test_registry.py.
 """
 
 from __future__ import annotations
@@ -76,30 +78,3 @@ def test_prometheus_and_grafana_come_from_official_images_with_our_config() -> N
     assert {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"} <= mounts
     mounts = {v.split(":")[1] for v in services["grafana"]["volumes"]}
     assert {"/etc/grafana/provisioning", "/var/lib/grafana/dashboards"} <= mounts
-
-
-def test_prometheus_scrapes_every_service_of_compose_on_its_metrics_port() -> None:
-    from bankflow.services import SERVICES
-    from bankflow.settings import Settings
-
-    services = load()["services"]
-    config = yaml.safe_load(
-        (COMPOSE.parent / "infra" / "prometheus" / "prometheus.yml").read_text()
-    )
-    assert "/etc/prometheus/alerts.yml" in config["rule_files"]
-    scraped = {
-        job["job_name"]: target
-        for job in config["scrape_configs"]
-        for group in job["static_configs"]
-        for target in group["targets"]
-    }
-    defaults = Settings.model_construct()  # the documented defaults, whatever the environment
-    ran = {name for name, s in services.items() if s.get("command", [None])[0] == "run"}
-    assert ran, "no bankflow service in docker-compose.yml"
-    for name in ran:
-        service = services[name]["command"][1]
-        assert service in SERVICES, name
-        assert scraped.get(service) == f"{name}:{defaults.metrics_port(service)}", service
-        # Bound to every interface inside the container, or Prometheus cannot reach it.
-        assert services[name]["environment"]["BANKFLOW_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
-    assert set(scraped) <= ran, "prometheus.yml scrapes a service compose does not run"

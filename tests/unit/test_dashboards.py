@@ -1,11 +1,11 @@
 """Every metric a Grafana dashboard or an alert rule uses is exported by some service.
 
 The names a service exports come from the metric definitions themselves (each group
-of ``bankflow.metrics`` and the lag exporter's gauges, registered on a fresh
-registry), with the series names Prometheus derives from them (``_total`` for
-counters, ``_bucket``/``_sum``/``_count`` for histograms). The names the dashboards
-and alerts use come from their PromQL, read by a small tokenizer. So renaming a
-metric breaks this test, not a dashboard nobody looks at until the day it matters.
+of ``bankflow.metrics``, the lag exporter's gauges and the ``run all`` supervisor's,
+registered on a fresh registry), with the series names Prometheus derives from them
+(``_total`` for counters, ``_bucket``/``_sum``/``_count`` for histograms). The names
+the dashboards and alerts use come from their PromQL, read by a small tokenizer. So
+renaming a metric breaks this test, not a dashboard nobody looks at until the day it matters.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from bankflow.metrics import METRIC_GROUPS
+from bankflow.services import SupervisorMetrics
 from consumers.lag_exporter import LagMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,7 @@ def exported_names() -> set[str]:
     for group in METRIC_GROUPS:
         group(registry)
     LagMetrics(registry)
+    SupervisorMetrics(registry)
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -172,6 +174,7 @@ def test_every_exported_metric_is_documented() -> None:
     registry = CollectorRegistry()
     for group in METRIC_GROUPS:
         group(registry)
+    SupervisorMetrics(registry)
     missing = [
         f.name + ("_total" if f.type == "counter" else "")
         for f in registry.collect()
