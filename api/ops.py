@@ -30,6 +30,7 @@ from typing import Any
 
 from bankflow.domain.lag import GroupLag
 from bankflow.domain.throughput import RateHistory
+from bankflow.services import read_state
 from bankflow.settings import Settings
 from consumers.lag import LagMonitor, build_monitor, lag_document
 from schemas.topics import TRANSFERS_DLQ, TRANSFERS_REVIEW
@@ -164,6 +165,15 @@ class OpsMonitor:
             totals[name] = totals.get(name, 0) + end
         order = {t: i for i, t in enumerate(self.settings.all_topics())}
         return dict(sorted(totals.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def supervisor_view(settings: Settings) -> dict[str, Any] | None:
+    """What ``bankflow run all`` last wrote of its services (``bankflow.services``), read
+    from its state file on each poll: a small file, and always the supervisor's latest."""
+    state = read_state(settings)
+    if state is None:
+        return None
+    return {**state["supervisor"], "services": state["services"]}
 
 
 def lag_view(snapshot: Snapshot) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """API bodies of the ops page's JSON endpoints (``/v1/ops/lag``, ``/v1/ops/throughput``).
 
 The lag part has the shape of ``bankflow lag --json`` (``consumers.lag.lag_document``),
-so the page, the CLI and the exporter describe lag alike.
+so the page, the CLI and the exporter describe lag alike; the supervisor part is the
+state file ``bankflow run all`` writes (``bankflow.services``), as ``bankflow status
+--json`` shows it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,7 +24,9 @@ class PartitionLagOut(BaseModel):
 
 
 class GroupLagOut(BaseModel):
-    name: str = Field(description="The service: validator, retrier, poster, tracker, dlq-sink.")
+    name: str = Field(
+        description="The service: validator, retrier, poster, tracker, dlq-sink, cache."
+    )
     group_id: str
     status: str = Field(description="OK, WARN, STALL or STOP (see the README's Consumer lag).")
     lag_messages: int
@@ -67,6 +72,34 @@ class ThroughputPoint(BaseModel):
     review_held: int
 
 
+class SupervisedServiceOut(BaseModel):
+    name: str = Field(description="The process: its service's name, or name-N for instance N.")
+    service: str
+    state: Literal["running", "backoff", "crash-looping", "stopped"] = Field(
+        description="backoff: it exited and waits out its restart delay; crash-looping: it "
+        "exited 3 times within 2 minutes (running or waiting)."
+    )
+    pid: int | None = Field(description="None while it waits to be started again.")
+    crash_looping: bool
+    restarts: int = Field(description="Times it was started again since run all started.")
+    last_exit_code: int | None = Field(description="Negative: the signal that ended it.")
+    last_start_at: datetime | None
+    last_exit_at: datetime | None
+    restart_in_s: float | None = Field(description="Left of the restart delay, in backoff.")
+
+
+class SupervisorOut(BaseModel):
+    running: bool = Field(
+        description="False once run all stopped or stopped writing its state (died): "
+        "the services' states are then the last it knew."
+    )
+    pid: int
+    started_at: datetime
+    updated_at: datetime
+    metrics_port: int | None
+    services: list[SupervisedServiceOut]
+
+
 class ThroughputView(BaseModel):
     evaluated_at: datetime
     window_s: float = Field(description="Current rates are averaged over this long.")
@@ -75,3 +108,6 @@ class ThroughputView(BaseModel):
     dead_letters: DeadLetterCounts
     review_queue: ReviewCounts
     history: list[ThroughputPoint]
+    supervisor: SupervisorOut | None = Field(
+        default=None, description="What `bankflow run all` last wrote; None if it never ran here."
+    )

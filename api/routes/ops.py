@@ -79,11 +79,15 @@ async def lag(request: Request, ctx: Context) -> LagView:
 
 @router.get(
     "/throughput",
-    summary="Messages per second per topic, postings, dead letters, review queue (staff)",
+    summary="Messages per second per topic, postings, dead letters, review queue, "
+    "supervised services (staff)",
     responses=problem_responses(401, 403, 503),
 )
 async def throughput(request: Request, ctx: Context) -> ThroughputView:
-    return ThroughputView.model_validate(ops.throughput_view(await _snapshot(request, ctx)))
+    """Also what ``bankflow run all`` says of each service it supervises (``supervisor``)."""
+    view = ops.throughput_view(await _snapshot(request, ctx))
+    view["supervisor"] = await asyncio.to_thread(ops.supervisor_view, ctx.settings)
+    return ThroughputView.model_validate(view)
 
 
 @page_router.get(

@@ -1,4 +1,5 @@
-// The ops page: signs in, polls /v1/ops/lag and /v1/ops/throughput, draws SVG charts.
+// The ops page: signs in, polls /v1/ops/lag and /v1/ops/throughput, draws SVG charts and
+// the services `bankflow run all` supervises (throughput.supervisor).
 // No library and nothing from elsewhere: operators' networks are closed, and the page's
 // content security policy allows this origin only. Data reaches the page through
 // textContent and SVG attributes, never as HTML.
@@ -153,6 +154,7 @@
   // ------------------------------------------------------------ render
 
   function render(lag, throughput) {
+    renderServices(throughput.supervisor);
     renderLagTable(lag);
     lineChart($("lag-chart"), seriesOf(lag.history, (p) => p.lag_messages), "messages");
     barChart($("throughput-bars"), [
@@ -206,6 +208,37 @@
     });
     body.replaceChildren(...rows);
     $("lag-errors").textContent = (lag.errors || []).join("; ");
+  }
+
+  // One row per process run all supervises; crash loops and restart delays stand out.
+  function renderServices(supervisor) {
+    const body = $("services-table").tBodies[0];
+    const services = supervisor ? supervisor.services : [];
+    const rows = services.map((service) => {
+      const row = document.createElement("tr");
+      row.dataset.service = service.name;
+      row.dataset.state = service.state;
+      row.dataset.restarts = String(service.restarts);
+      row.dataset.crashLooping = String(service.crash_looping);
+      const waiting = service.restart_in_s === null ? "" : ` (${duration(service.restart_in_s)})`;
+      const state = cell(service.state + waiting);
+      state.className = `status service-${service.state}`;
+      row.append(
+        cell(service.name), state, cell(service.pid === null ? "–" : String(service.pid), "number"),
+        cell(number.format(service.restarts), "number"),
+        cell(service.last_exit_code === null ? "–" : String(service.last_exit_code), "number"),
+        cell(service.last_start_at ? new Date(service.last_start_at).toLocaleTimeString() : "–"),
+      );
+      return row;
+    });
+    body.replaceChildren(...rows);
+    let note = "";
+    if (!supervisor) note = "No `bankflow run all` has run on the API's host.";
+    else if (!supervisor.running) {
+      note = `bankflow run all is not running (last seen ${new Date(supervisor.updated_at).toLocaleTimeString()}).`;
+    }
+    $("services-note").textContent = note;
+    $("services-section").dataset.supervisor = supervisor ? String(supervisor.running) : "none";
   }
 
   function cell(text, className) {

@@ -195,3 +195,19 @@ def test_stopping_stops_every_child_and_says_so(settings: Settings) -> None:
     state = read_state(settings)
     assert state is not None and not state["supervisor"]["running"]
     assert {s["state"] for s in state["services"]} == {"stopped"}
+
+
+def test_the_ops_page_json_carries_the_supervisors_state(settings: Settings) -> None:
+    from api.ops import supervisor_view
+    from schemas.ops import SupervisorOut
+
+    assert supervisor_view(settings) is None  # no run all here yet
+    sup, clock, started = supervisor(settings, "poster", "validator")
+    for _ in range(CRASH_LOOP_EXITS):
+        clock.now_s += exit_and_wait(sup, clock, started["validator"][-1])
+        sup.step()
+    view = SupervisorOut.model_validate(supervisor_view(settings))
+    assert view.running
+    shown = {s.name: s for s in view.services}
+    assert (shown["validator"].state, shown["validator"].restarts) == ("crash-looping", 3)
+    assert shown["poster"].state == "running"
