@@ -3,11 +3,16 @@
 A file is taken when it is complete: names starting with a dot or ending in
 ``.tmp`` / ``.part`` are still being written, and any other file must keep the
 same size and modification time for one whole poll. After ingesting, the file
-moves to ``done/`` (or ``failed/`` when it was refused) beside its
-``.report.json``. Progress is checkpointed after every acknowledged chunk in
-``.<name>.progress``; a watcher killed mid-file resumes from its checkpoint,
-and the chunk it may produce twice carries the same transfer ids, which the
-ledger posts once.
+moves to ``done/`` (or ``failed/`` when it was refused, or not one of its lines
+could be ingested) beside its ``.report.json``. Progress is checkpointed after
+every acknowledged chunk in ``.<name>.progress``; a watcher killed mid-file
+resumes from its checkpoint, and the chunk it may produce twice carries the
+same transfer ids, which the ledger posts once.
+
+No file stops the watcher. One whose ingest raises anything but a transient
+failure of a dependency (Kafka or PostgreSQL unreachable) goes to ``failed/``
+with the error as its report's reason; after a transient failure the file stays
+and is tried again later, waiting longer each time up to a bound.
 """
 
 from __future__ import annotations
@@ -15,21 +20,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import psycopg
 
+from bankflow.errors import BankflowError
 from bankflow.metrics import IngestMetrics, registered
 from bankflow.observability import serve_metrics
 from bankflow.runtime import configure_logging, on_stop_signal
 from bankflow.settings import Settings
-from producers.ingest.run import file_digest, ingest
+from producers.ingest.run import IngestReport, file_digest, ingest
 
 log = logging.getLogger("bankflow.inbox")
 
 #: How often the inbox is looked at; a file must stay unchanged this long to be taken.
 POLL_S = 1.0
 WRITING_SUFFIXES = (".tmp", ".part")
+#: The wait before a file is tried again after Kafka or PostgreSQL could not be reached,
+#: doubled on each failure up to the maximum: soon after a blip, and at most once a
+#: minute (without flooding the log) while a server is down for longer.
+RETRY_WAIT_S_MIN = 1.0
+RETRY_WAIT_S_MAX = 60.0
+#: Characters of an unexpected error kept as a failed file's reason.
+REASON_MAX = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    wait_s: float
+    not_before: float  # time.monotonic()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` is a dependency failing for now (Kafka, PostgreSQL unreachable)
+    rather than something about the file: the same file may go through later."""
+    if isinstance(error, BankflowError):
+        return error.transient
+    return isinstance(error, psycopg.OperationalError)
 
 
 def _candidates(inbox: Path) -> list[Path]:
@@ -46,9 +75,9 @@ def _checkpoint_path(path: Path) -> Path:
 def _resume_point(path: Path, digest: str) -> int:
     try:
         saved = orjson.loads(_checkpoint_path(path).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return 0
-    return int(saved["lines_done"]) if saved.get("sha256") == digest else 0
+        return int(saved["lines_done"]) if saved.get("sha256") == digest else 0
+    except (OSError, orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return 0  # no checkpoint, or not one of ours: start from the top (ids dedupe)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -58,7 +87,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def process(settings: Settings, path: Path, inbox: Path) -> None:
-    """Ingest one complete file from where its checkpoint says, then file it away."""
+    """Ingest one complete file from where its checkpoint says, then file it away.
+
+    Raises only for a transient failure of a dependency (see ``is_transient``), or
+    when the file cannot be filed away; anything else the ingest raises fails the file.
+    """
     digest = file_digest(path)
     skip = _resume_point(path, digest)
     checkpoint = _checkpoint_path(path)
@@ -67,7 +100,29 @@ def process(settings: Settings, path: Path, inbox: Path) -> None:
         _write_atomically(checkpoint, orjson.dumps({"sha256": digest, "lines_done": lines_done}))
 
     log.info("ingesting %s%s", path.name, f" from line {skip + 1}" if skip else "")
-    report = ingest(settings, path, progress=save, skip=skip)
+    try:
+        report = ingest(settings, path, progress=save, skip=skip)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.exception("ingesting %s failed; it goes to failed/", path.name)
+        reason = f"the ingest failed: {type(exc).__name__}: {exc}"
+        report = IngestReport(
+            str(path), sha256=digest, resumed_from=skip, refused=reason[:REASON_MAX]
+        )
+    if report.refused is None and report.error_count and not (report.requests_produced or skip):
+        # Every line was bad: nothing of the file was ingested, so it failed as a whole.
+        first = report.errors[0]
+        report.refused = (
+            f"no line could be ingested: {report.error_count} bad lines, the first "
+            f"line {first.line}, {first.field}: {first.reason}"
+        )[:REASON_MAX]
+    _file_away(path, inbox, report)
+    checkpoint.unlink(missing_ok=True)
+
+
+def _file_away(path: Path, inbox: Path, report: IngestReport) -> None:
+    """Move the file to ``done/`` or ``failed/`` beside its report, and count it."""
     target = inbox / ("failed" if report.refused else "done")
     target.mkdir(exist_ok=True)
     _write_atomically(
@@ -75,7 +130,6 @@ def process(settings: Settings, path: Path, inbox: Path) -> None:
         orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2),
     )
     path.replace(target / path.name)
-    checkpoint.unlink(missing_ok=True)
     metrics = registered(IngestMetrics)
     metrics.files.labels("refused" if report.refused else "done").inc()
     metrics.requests.inc(report.requests_produced)
@@ -115,15 +169,42 @@ def run(settings: Settings) -> None:
 def _watch(settings: Settings, inbox: Path, stopping: Callable[[], bool]) -> None:
     """Take each file once it stayed unchanged for a whole poll, until ``stopping()``."""
     seen: dict[Path, tuple[int, int]] = {}
+    retries: dict[Path, _Retry] = {}
     while not stopping():
         current = {}
         for path in _candidates(inbox):
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # taken away between the listing and now
             current[path] = (stat.st_size, stat.st_mtime_ns)
+            retry = retries.get(path)
+            if retry is not None and time.monotonic() < retry.not_before:
+                continue
             if seen.get(path) == current[path]:  # unchanged for a whole poll: complete
-                process(settings, path, inbox)
+                _take(settings, path, inbox, retries)
                 current.pop(path)
                 if stopping():
                     break
         seen = current
+        # Bounded by the inbox: a file that left it is forgotten.
+        retries = {p: r for p, r in retries.items() if p.exists()}
         time.sleep(POLL_S)
+
+
+def _take(settings: Settings, path: Path, inbox: Path, retries: dict[Path, _Retry]) -> None:
+    """Process one file; when that fails, schedule it again instead of stopping."""
+    try:
+        process(settings, path, inbox)
+    except Exception as exc:
+        previous = retries.get(path)
+        wait_s = min(previous.wait_s * 2, RETRY_WAIT_S_MAX) if previous else RETRY_WAIT_S_MIN
+        retries[path] = _Retry(wait_s, time.monotonic() + wait_s)
+        if is_transient(exc):
+            log.warning("%s: %s; trying it again in %.0f s", path.name, exc, wait_s)
+        else:
+            # Not even filed away (the inbox is not writable, the file went): log it in
+            # full and try again later rather than stop watching.
+            log.exception("%s could not be filed away; trying again in %.0f s", path.name, wait_s)
+    else:
+        retries.pop(path, None)
