@@ -416,7 +416,8 @@ def run_all(
     try:
         supervisor.start_all()
         echo("started " + ", ".join(f"{c.name} (pid {_pid(c)})" for c in supervisor.children))
-        echo(f"API: http://127.0.0.1:{settings.api_port}/docs   ops page: /ops")
+        if "api" in names:
+            echo(f"API: http://127.0.0.1:{settings.api_port}/docs   ops page: /ops")
         echo(f"supervisor: metrics on port {server.port}, state in {state_file(settings)}")
         echo("`bankflow status` shows every service; Ctrl-C stops everything")
         while not supervisor.stopping.wait(TICK_S):
