@@ -113,7 +113,8 @@ def status(as_json: JsonFlag = False) -> None:
     """Every service (its metrics port's /healthz and /readyz, and what `run all` says
     of it) and every server, at a glance.
 
-    Exit 1 if a service is down, not ready or crash-looping, or a server is down.
+    Exit 1 if a service is down, not ready or crash-looping, a stage is halted, or a
+    server is down.
     """
     from bankflow.observability import service_statuses
     from bankflow.registry import NAMES
@@ -133,16 +134,26 @@ def status(as_json: JsonFlag = False) -> None:
         for name, child in supervised.items()
     ]
     servers = LocalStack(settings).status()
+    halted = _halted_stages(settings)
+    for s in services:
+        s["halted"] = halted.get(s["name"])
     if as_json:
         _print_json(
             {
                 "services": services,
                 "supervisor": None if state is None else state["supervisor"],
                 "servers": [s.as_dict() for s in servers],
+                "halted": list(halted.values()),
             }
         )
     else:
         Console().print(_services_table(services, state))
+        for halt in halted.values():
+            console.print(
+                f"[red]{halt['stage']} is halted[/red] since {halt['halted_at']}: "
+                f"{halt['reason']}\n  (`bankflow halt clear {halt['stage']} --note ...` "
+                "once the cause is fixed; docs/runbook.md#a-halted-stage)"
+            )
         table = Table("server", "state", "address", "version", title="servers")
         for column in table.columns:
             column.overflow = "fold"
@@ -158,8 +169,23 @@ def status(as_json: JsonFlag = False) -> None:
     healthy = all(
         s["state"] == "up" and s["ready"] for s in services if s["name"] in NAMES
     ) and not any(s["supervisor"] and s["supervisor"]["crash_looping"] for s in services)
-    if not healthy or any(s.state != "up" for s in servers):
+    if not healthy or halted or any(s.state != "up" for s in servers):
         raise typer.Exit(1)
+
+
+def _halted_stages(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Open halts by stage; none when PostgreSQL does not answer (the servers table
+    shows it down then)."""
+    import psycopg
+
+    from bankflow.bootstrap import db_connect
+    from bankflow.streaming import halts
+
+    try:
+        with db_connect(settings, autocommit=True, connect_timeout=2) as conn:
+            return {h.stage: h.as_dict() for h in halts.listing(conn)}
+    except psycopg.Error:
+        return {}
 
 
 def _services_table(services: list[dict[str, Any]], state: dict[str, Any] | None) -> Table:
@@ -697,6 +723,55 @@ def dlq_discard(
     with db_connect(_settings(), autocommit=True) as conn:
         resolve(conn, dead_letter_id, "discard", _actor(), reason)
     console.print(f"discarded dead letter {dead_letter_id}")
+
+
+# --------------------------------------------------------------------- halts
+
+halt_app = typer.Typer(
+    no_args_is_help=True, help="Stages halted on purpose (the poster): list, clear."
+)
+app.add_typer(halt_app, name="halt")
+
+
+@halt_app.command("list")
+def halt_list(
+    include_cleared: Annotated[
+        bool, typer.Option("--all", help="Cleared halts too, with who cleared them.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Halted stages with the reason; exit 0 either way (``bankflow status`` flags them)."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.streaming import halts
+
+    with db_connect(_settings(), autocommit=True) as conn:
+        found = halts.listing(conn, include_cleared)
+    if as_json:
+        typer.echo(json.dumps([h.as_dict() for h in found]))
+        return
+    if not found:
+        console.print("no stage is halted")
+        return
+    table = Table("stage", "halted at", "reason", "cleared")
+    for h in found:
+        cleared = f"{h.cleared_at:%Y-%m-%d %H:%M} by {h.cleared_by}" if h.cleared_at else ""
+        table.add_row(h.stage, f"{h.halted_at:%Y-%m-%d %H:%M:%S}", h.reason, cleared)
+    Console().print(table)
+
+
+@halt_app.command("clear")
+def halt_clear(
+    stage: str,
+    note: Annotated[str, typer.Option(help="What was fixed (recorded with your name).")],
+) -> None:
+    """Clear a stage's halt once its cause is fixed; it resumes from its stored position
+    within a few seconds, without a restart."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.streaming import halts
+
+    with db_connect(_settings(), autocommit=True) as conn:
+        cleared = halts.clear(conn, stage, _actor(), note)
+    console.print(f"cleared the halt of {cleared.stage}, halted since {cleared.halted_at:%c}")
 
 
 # --------------------------------------------------------------------- lag

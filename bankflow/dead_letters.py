@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -54,25 +54,57 @@ def store(
     key: bytes | None,
     payload: bytes | None,
     headers: dict[str, str],
+    where: tuple[str, int, int],
 ) -> None:
-    """Record one message from the dead-letter topic; a repeat only counts an attempt."""
+    """Record one message from the dead-letter topic; a repeat only counts an attempt.
+
+    ``where`` is the message's own place on the dead-letter topic: it stands in for the
+    original coordinates when the headers (which anyone who can write to the topic
+    writes) do not carry usable ones.
+    """
+    topic = headers.get(h.ORIGINAL_TOPIC) or where[0]
+    partition = _count(headers.get(h.ORIGINAL_PARTITION), PARTITION_DIGITS_MAX)
+    offset = _count(headers.get(h.ORIGINAL_OFFSET), OFFSET_DIGITS_MAX)
+    if partition is None or offset is None:
+        topic, partition, offset = where
     conn.execute(
         "insert into dead_letters (original_topic, original_partition, original_offset, key, "
         "payload, headers, error_class, reason, attempts, first_failure_at) "
-        "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s::timestamptz, now())) "
+        "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "on conflict (original_topic, original_partition, original_offset) do update set "
         "attempts = dead_letters.attempts + 1, last_failure_at = now(), "
         "reason = excluded.reason, error_class = excluded.error_class, status = 'open'",
         (
-            headers.get(h.ORIGINAL_TOPIC, "unknown"),
-            int(headers.get(h.ORIGINAL_PARTITION, "-1")),
-            int(headers.get(h.ORIGINAL_OFFSET, "-1")),
-            key, payload, Jsonb(headers), headers.get(h.ERROR_CLASS, "unknown"),
+            topic, partition, offset, key, payload, Jsonb(headers),
+            headers.get(h.ERROR_CLASS, "unknown"),
             headers.get(h.ERROR_MESSAGE, "no reason given"),
             # Attempts and the first failure as the retry tiers counted them.
-            max(1, int(headers.get(h.ATTEMPT, "1") or 1)), headers.get(h.FIRST_FAILURE_AT),
+            max(1, _count(headers.get(h.ATTEMPT), ATTEMPT_DIGITS_MAX) or 1),
+            _time(headers.get(h.FIRST_FAILURE_AT)) or datetime.now(UTC),
         ),
     )  # fmt: skip
+
+
+#: Bounds of what a header may say about coordinates: a partition number fits an
+#: ``int``, an offset a ``bigint``, an attempt count is small.
+PARTITION_DIGITS_MAX = 9
+OFFSET_DIGITS_MAX = 18
+ATTEMPT_DIGITS_MAX = 6
+
+
+def _count(text: str | None, digits_max: int) -> int | None:
+    if not text or not text.isascii() or not text.isdigit() or len(text) > digits_max:
+        return None
+    return int(text)
+
+
+def _time(text: str | None) -> datetime | None:
+    """An ISO 8601 time with a zone, or None for anything else."""
+    try:
+        at = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return at if at is not None and at.tzinfo is not None else None
 
 
 def list_open(

@@ -218,6 +218,12 @@ class StageMetrics:
             ["stage", "error_class"],
             registry=registry,
         )
+        self.positions_moved = Counter(
+            "bankflow_stage_positions_moved_total",
+            "Batches rolled back because another instance had moved the stored offsets.",
+            ["stage"],
+            registry=registry,
+        )
         self.halted = Gauge(
             "bankflow_stage_halted",
             "1 while a stage is halted until an operator clears it (bankflow halt clear).",

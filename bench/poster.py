@@ -156,20 +156,20 @@ def _poster_tps(
     # does not scan 100,000 objects the poster never made.
     transfers.clear()
     gc.collect()
-    poster = build_poster(settings)
-    poster.subscribe()
+    runner = build_poster(settings)
+    stats = runner.stage.stats
+    runner.subscribe()
     try:
-        while poster.poll_and_post() == 0:  # joining the group and seeking: not measured
+        while runner.step() == 0:  # joining the group and seeking: not measured
             pass
         started = time.perf_counter()
-        first = poster.stats.posted + poster.stats.failed
+        first = stats.posted + stats.failed
         while _transfer_count(conn) < target:
-            poster.poll_and_post()
+            runner.step()
         elapsed = time.perf_counter() - started
-        return (poster.stats.posted + poster.stats.failed - first) / elapsed
+        return (stats.posted + stats.failed - first) / elapsed
     finally:
-        poster.consumer.close()
-        poster.conn.close()
+        runner.close()
 
 
 def _settle(conn: psycopg.Connection[Any]) -> None:

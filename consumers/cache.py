@@ -33,9 +33,12 @@ from redis.exceptions import RedisError
 from bankflow.balance_cache import BalanceCache
 from bankflow.bootstrap import db_connect_async, redis_async
 from bankflow.ledger.account_store import balance_snapshots
+from bankflow.metrics import StageMetrics, registered
 from bankflow.observability import serve_metrics
-from bankflow.runtime import DB_BACKOFF_S, configure_logging
+from bankflow.runtime import configure_logging
 from bankflow.settings import Settings
+from bankflow.streaming import is_transient
+from bankflow.streaming.backoff import BACKOFF_S
 from schemas.topics import TRANSFERS_POSTED
 from schemas.transfers import TransferEvent
 
@@ -94,9 +97,33 @@ class CacheUpdater:
         self.stored += stored
         return stored
 
+    async def apply_contained(self, values: Sequence[bytes]) -> None:
+        """``apply``; if the batch raises for anything but an outage, each event alone, and
+        the ones that still raise are skipped with their reason (counted as poison).
+
+        The cache is a view: an event it cannot apply leaves its accounts to PostgreSQL
+        (the API reads the ledger on a miss), and the tracker, which reads the same
+        topic, dead-letters events that do not decode.
+        """
+        try:
+            await self.apply_with_retries(values)
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+        for value in values:
+            try:
+                await self.apply_with_retries([value])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                registered(StageMetrics).poison.labels("cache", type(exc).__name__).inc()
+                log.error("skipping an event the cache cannot apply (%s: %s)",
+                          type(exc).__name__, exc)  # fmt: skip
+
     async def apply_with_retries(self, values: Sequence[bytes]) -> None:
         """``apply``, riding out PostgreSQL or Redis outages (0.5 s doubling to 30 s)."""
-        for attempt, wait_s in enumerate((*DB_BACKOFF_S, None)):
+        for attempt, wait_s in enumerate((*BACKOFF_S, *BACKOFF_S[-1:] * 3, None)):
             try:
                 await self.apply(values)
                 self.failing = False
@@ -152,7 +179,7 @@ def build_app(settings: Settings) -> tuple[faust.App, CacheUpdater]:
         # take() acks a batch's events only after this body returned for it.
         async for values in stream.take(BATCH_MAX, within=BATCH_WAIT_S):
             try:
-                await updater.apply_with_retries(values)
+                await updater.apply_contained(values)
             except (psycopg.OperationalError, RedisError) as exc:
                 # Out of retries: stop the worker (exit non-zero) so its supervisor
                 # restarts it from the committed offsets; nothing is acked.

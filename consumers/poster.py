@@ -13,31 +13,32 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Message
 from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer
-from bankflow.errors import BankflowError
 from bankflow.ledger.errors import OffsetsMoved
 from bankflow.ledger.store import (
     BatchSummary,
     ConsumedTransfer,
     DeadLetter,
-    OffsetRange,
     TopicPartitionKey,
     Topics,
     load_offsets,
     write_batch,
 )
 from bankflow.metrics import NO_REASON, PosterMetrics, registered
-from bankflow.observability import connection_alive, serve_metrics
-from bankflow.runtime import configure_logging, on_stop_signal, run_until_stopped
+from bankflow.observability import connection_alive
 from bankflow.settings import Settings
+from bankflow.streaming import Batch, InDatabase, Output, Stage, StageHalted, StageRunner, serve
+from bankflow.streaming.errors import PositionMoved
+from bankflow.streaming.halts import Halts
+from bankflow.streaming.kafka import position
 from schemas.errors import describe
 from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_FAILED, TRANSFERS_POSTED
 from schemas.transfers import AcceptedTransfer
@@ -50,12 +51,11 @@ SESSION_TIMEOUT_MS = 10_000
 
 
 #: Single messages the database may refuse in a row before the poster halts (see
-#: ``_dead_letter_refused``). Real poison is rare and scattered; ten in a row is not.
+#: ``Poster.poison``). Real poison is rare and scattered; ten in a row is not.
 REFUSED_IN_A_ROW_MAX = 10
-
-
-class PosterHalted(BankflowError):
-    """The poster stopped on purpose: continuing would dead-letter good messages."""
+#: SQLSTATE classes in which PostgreSQL refuses the data itself: 22 data exception (a
+#: value out of range, bad text), 23 integrity constraint violation.
+REFUSED_SQLSTATE_CLASSES = frozenset({"22", "23"})
 
 
 @dataclass
@@ -65,7 +65,6 @@ class PosterStats:
     failed: int = 0
     duplicates: int = 0
     dead_letters: int = 0
-    offsets_moved: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, summary: BatchSummary) -> None:
@@ -78,110 +77,98 @@ class PosterStats:
             self.reasons[reason] = self.reasons.get(reason, 0) + count
 
 
-class Poster:
-    """One poster instance: a consumer in the poster group and a database connection."""
+class Poster(Stage):
+    """The ledger poster's business logic: a batch of accepted transfers into the ledger,
+    with the batch's offsets, in one PostgreSQL transaction (``write_batch``)."""
 
-    def __init__(
-        self, settings: Settings, consumer: Consumer, conn: psycopg.Connection[Any]
-    ) -> None:
+    name = "poster"
+    commit = InDatabase()
+
+    def __init__(self, settings: Settings, conn: psycopg.Connection[Any]) -> None:
         self.settings = settings
-        self.consumer = consumer
         self.conn = conn
         self.group_id = settings.poster_group
-        self.topics = Topics(
+        self.batch_max = settings.poster_batch_max
+        self.batch_wait_s = settings.poster_batch_wait_ms / 1000
+        self.topics_out = Topics(
             posted=settings.topic(TRANSFERS_POSTED),
             failed=settings.topic(TRANSFERS_FAILED),
             dlq=settings.topic(TRANSFERS_DLQ),
         )
-        #: Where each owned partition's stored offset stands (None: nothing stored yet).
-        self.expected: dict[TopicPartitionKey, int | None] = {}
         self.stats = PosterStats()
-        self.stopping = False
         self.refused_in_a_row = 0
         self.metrics = registered(PosterMetrics)
+        self.halts = Halts(self.name, lambda: self.conn)
+
+    def topics(self) -> list[str]:
+        return [TRANSFERS_ACCEPTED]
 
     def ready(self) -> bool:
-        """Ready while it owns partitions and its database connection is alive."""
-        return bool(self.expected) and connection_alive(self.conn)
+        return connection_alive(self.conn)
 
-    def subscribe(self) -> None:
-        self.consumer.subscribe(
-            [self.settings.topic(TRANSFERS_ACCEPTED)],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+    def stored_offsets(
+        self, partitions: list[TopicPartitionKey]
+    ) -> Mapping[TopicPartitionKey, int | None]:
+        return load_offsets(self.conn, self.group_id, partitions)
+
+    def process(self, batch: Batch) -> list[Output]:
+        """Post the batch and store its offsets atomically. A batch the database refuses
+        raises, and the runtime splits it to the message it refuses (``poison``)."""
+        transfers, letters = self._decode(batch.messages)
+        self._write(batch, transfers, letters)
+        self.refused_in_a_row = 0
+        return []
+
+    def poison(self, message: Message, error: Exception, batch: Batch) -> list[Output]:
+        """One message the database (or anything else) refuses on its own: a dead letter,
+        stored with the batch's offsets in one transaction.
+
+        Many database refusals in a row, with nothing posted between them, is not bad
+        input but a broken database or deployment (a migration missing, a constraint
+        added): the poster halts instead of dead-lettering the whole stream, and stays
+        halted, across restarts, until an operator clears it.
+        """
+        refused = _refused_by_database(error)
+        if refused:
+            self.refused_in_a_row += 1
+            if self.refused_in_a_row > REFUSED_IN_A_ROW_MAX:
+                self.refused_in_a_row = 0
+                raise StageHalted(
+                    f"the database refused {REFUSED_IN_A_ROW_MAX} messages in a row, the "
+                    f"last with {type(error).__name__}: {error}. This looks like a schema or "
+                    "deployment problem, not bad messages. The ones already dead-lettered "
+                    "can be replayed once it is fixed; then `bankflow halt clear poster`."
+                )
+        topic, partition, offset = position(message)
+        reason = f"database refused it: {error}" if refused else f"{type(error).__name__}: {error}"
+        letter = DeadLetter(
+            topic, partition, offset, message.key(), message.value(), type(error).__name__, reason
         )
+        self._write(batch, [], [letter])
+        return []
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        keys = [(p.topic, p.partition) for p in partitions]
-        stored = load_offsets(self.conn, self.group_id, keys)
-        for p in partitions:
-            offset = stored.get((p.topic, p.partition))
-            p.offset = offset if offset is not None else OFFSET_BEGINNING
-            self.expected[(p.topic, p.partition)] = offset
-        consumer.assign(partitions)
-        log.info(
-            "assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions)
-        )
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in partitions:
-            self.expected.pop((p.topic, p.partition), None)
-        consumer.unassign()
-        log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-
-    def run(self) -> None:
-        """Post batches until asked to stop (SIGTERM, SIGINT or ``stopping``)."""
-        self.subscribe()
-        run_until_stopped(self.poll_and_post, lambda: self.stopping, self._reconnect, log)
-
-    def poll_and_post(self) -> int:
-        """Consume one batch and post it; returns the number of messages handled."""
-        messages = self.consumer.consume(
-            num_messages=self.settings.poster_batch_max,
-            timeout=self.settings.poster_batch_wait_ms / 1000,
-        )
-        messages = [m for m in messages if self._usable(m)]
-        if not messages:
-            return 0
+    def reconnect(self) -> None:
         try:
-            self._post(messages)
-        except OffsetsMoved as exc:
-            self.stats.offsets_moved += 1
-            log.warning("%s; re-reading the stored offsets", exc)
-            self._rewind(stored=True)
-        except psycopg.OperationalError:
-            self._rewind(stored=False)
-            raise
-        return len(messages)
+            self.conn.close()
+        finally:
+            self.conn = connect(self.settings)
 
-    def _usable(self, message: Message) -> bool:
-        error = message.error()
-        if error is None:
-            return (message.topic(), message.partition()) in self.expected
-        if error.code() != KafkaError._PARTITION_EOF:
-            log.error("consumer error: %s", error)
-        return False
+    def close(self) -> None:
+        self.conn.close()
+        log.info("poster totals: %s", self.stats)
 
-    def _post(self, messages: Sequence[Message]) -> None:
-        """Post ``messages``; a batch the database refuses is split to find the culprit."""
-        transfers, letters, ranges = self._decode(messages)
+    def _write(
+        self, batch: Batch, transfers: list[ConsumedTransfer], letters: list[DeadLetter]
+    ) -> None:
         started = time.monotonic()
         try:
-            summary = write_batch(self.conn, self.group_id, ranges, transfers, letters, self.topics)
-        except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
-            if len(messages) == 1:
-                self._dead_letter_refused(messages[0], exc)
-                return
-            half = len(messages) // 2
-            log.warning("the database refused a batch of %d (%s); splitting it", len(messages), exc)
-            self._post(messages[:half])
-            self._post(messages[half:])
-            return
-        self._advance(ranges)
+            summary = write_batch(
+                self.conn, self.group_id, batch.ranges, transfers, letters, self.topics_out
+            )
+        except OffsetsMoved as exc:
+            raise PositionMoved(str(exc)) from exc
         self.stats.add(summary)
-        self._observe(len(messages), summary, started, [d.error_class for d in letters])
-        self.refused_in_a_row = 0
+        self._observe(len(batch.messages), summary, started, [d.error_class for d in letters])
 
     def _observe(
         self, size: int, summary: BatchSummary, started: float, dead: Sequence[str]
@@ -203,47 +190,14 @@ class Poster:
         for requested_at in summary.posted_requested_at:
             m.request_to_posted.observe(max(0.0, now - requested_at.timestamp()))
 
-    def _dead_letter_refused(self, message: Message, exc: Exception) -> None:
-        """One message the database refuses on its own goes to the dead-letter topic.
-
-        Many in a row, with nothing posted between them, is not bad input but a broken
-        database or deployment (a migration missing, a constraint added): the poster
-        halts instead of dead-lettering the whole stream.
-        """
-        self.refused_in_a_row += 1
-        if self.refused_in_a_row > REFUSED_IN_A_ROW_MAX:
-            raise PosterHalted(
-                f"the database refused {REFUSED_IN_A_ROW_MAX} messages in a row, the last "
-                f"with {type(exc).__name__}: {exc}. This looks like a schema or deployment "
-                "problem, not bad messages; stopping. The ones already dead-lettered can be "
-                "replayed once it is fixed."
-            )
-        topic, partition, offset = position(message)
-        letter = DeadLetter(
-            topic,
-            partition,
-            offset,
-            message.key(),
-            message.value(),
-            type(exc).__name__,
-            f"database refused it: {exc}",
-        )
-        ranges = {(topic, partition): OffsetRange(self.expected[(topic, partition)], offset + 1)}
-        started = time.monotonic()
-        summary = write_batch(self.conn, self.group_id, ranges, [], [letter], self.topics)
-        self._advance(ranges)
-        self.stats.add(summary)
-        self._observe(1, summary, started, [letter.error_class])
-
     def _decode(
         self, messages: Sequence[Message]
-    ) -> tuple[list[ConsumedTransfer], list[DeadLetter], dict[TopicPartitionKey, OffsetRange]]:
+    ) -> tuple[list[ConsumedTransfer], list[DeadLetter]]:
+        """The transfers of a batch; a message that is not one becomes a dead letter."""
         transfers: list[ConsumedTransfer] = []
         letters: list[DeadLetter] = []
-        last: dict[TopicPartitionKey, int] = {}
         for m in messages:
             topic, partition, offset = position(m)
-            last[(topic, partition)] = offset
             try:
                 transfer = AcceptedTransfer.model_validate_json(m.value() or b"")
             except ValidationError as exc:
@@ -260,43 +214,7 @@ class Poster:
                 )
                 continue
             transfers.append(ConsumedTransfer(transfer, topic, partition, offset))
-        ranges = {k: OffsetRange(self.expected[k], offset + 1) for k, offset in last.items()}
-        return transfers, letters, ranges
-
-    def _advance(self, ranges: dict[TopicPartitionKey, OffsetRange]) -> None:
-        for key, offset_range in ranges.items():
-            self.expected[key] = offset_range.next_offset
-        # For tools only (kafka-consumer-groups, lag exporters); resumption uses PostgreSQL.
-        self.consumer.commit(
-            offsets=[TopicPartition(t, p, r.next_offset) for (t, p), r in ranges.items()],
-            asynchronous=True,
-        )
-
-    def _rewind(self, stored: bool) -> None:
-        """Seek every owned partition back to where its next batch must start."""
-        if stored:
-            fresh = load_offsets(self.conn, self.group_id, list(self.expected))
-            self.expected = {k: fresh.get(k) for k in self.expected}
-        for (topic, partition), offset in self.expected.items():
-            position = offset if offset is not None else OFFSET_BEGINNING
-            try:
-                self.consumer.seek(TopicPartition(topic, partition, position))
-            except Exception as exc:  # noqa: BLE001 - a partition revoked meanwhile is fine
-                log.info("seek %s[%d] skipped: %s", topic, partition, exc)
-
-    def _reconnect(self) -> None:
-        try:
-            self.conn.close()
-        finally:
-            self.conn = connect(self.settings)
-
-
-def position(message: Message) -> tuple[str, int, int]:
-    """Topic, partition and offset of a consumed message (never None for one without error)."""
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    if topic is None or partition is None or offset is None:
-        raise ValueError("a consumed message without topic, partition or offset")
-    return topic, partition, offset
+        return transfers, letters
 
 
 def tune_gc() -> None:
@@ -313,40 +231,34 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def build(settings: Settings) -> Poster:
-    """Wire a poster from the settings (the one place that builds its clients)."""
+def _refused_by_database(error: Exception) -> bool:
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    return isinstance(error, psycopg.Error) and sqlstate[:2] in REFUSED_SQLSTATE_CLASSES
+
+
+def build(settings: Settings) -> StageRunner[Poster]:
+    """The composition root: the poster's consumer and database connection."""
     consumer = kafka_consumer(
         settings,
         group_id=settings.poster_group,
         **{"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 1000},
     )
-    # Autocommit: every write goes through an explicit transaction block in write_batch,
-    # and reads between batches hold no snapshot open.
-    return Poster(settings, consumer, connect(settings))
+    return StageRunner(settings, Poster(settings, connect(settings)), consumer)
 
 
 def connect(settings: Settings) -> psycopg.Connection[Any]:
+    # Autocommit: every write goes through an explicit transaction block in write_batch,
+    # and reads between batches hold no snapshot open.
     return db_connect(settings, application_name=f"bankflow-poster-{os.getpid()}", autocommit=True)
 
 
 def run(settings: Settings) -> None:
     """``bankflow run poster``: post until SIGTERM or SIGINT, then close cleanly."""
-    configure_logging()
-    poster = build(settings)
     tune_gc()
-    on_stop_signal(lambda: setattr(poster, "stopping", True))
     log.info(
-        "poster started: group %s, batches of up to %d messages or %d ms",
+        "poster: group %s, batches of up to %d messages or %d ms",
         settings.poster_group,
         settings.poster_batch_max,
         settings.poster_batch_wait_ms,
     )
-    server = serve_metrics(settings.poster_metrics_port, poster.ready, host=settings.metrics_host)
-    log.info("metrics on %s:%d", settings.metrics_host, server.port)
-    try:
-        poster.run()
-    finally:
-        server.close()
-        poster.consumer.close()
-        poster.conn.close()
-        log.info("poster stopped: %s", poster.stats)
+    serve(settings, "poster", lambda: build(settings), settings.poster_metrics_port)

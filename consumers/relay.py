@@ -4,12 +4,15 @@ At least once: a crash after the broker acknowledged a round but before the rows
 were marked sent publishes that round again. Every event carries its event id
 (in the payload and the ``bankflow-event-id`` header) and consumers dedupe on it.
 Only one relay publishes at a time (a PostgreSQL advisory lock), which keeps the
-outbox's order on the topics; a second relay waits as a hot standby.
+outbox's order on the topics; a second relay waits as a hot standby. A PostgreSQL or
+Kafka outage is waited out with the stage runtime's backoff (``bankflow.streaming``);
+the relay is not ready meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -20,9 +23,10 @@ from confluent_kafka import KafkaError, Message, Producer
 from bankflow.bootstrap import db_connect, kafka_producer
 from bankflow.errors import BankflowError
 from bankflow.metrics import GAUGE_REFRESH_S, RelayMetrics, logical_topic, registered
-from bankflow.observability import connection_alive, serve_metrics
-from bankflow.runtime import configure_logging, on_stop_signal
+from bankflow.observability import connection_alive
 from bankflow.settings import Settings
+from bankflow.streaming import is_transient, serve
+from bankflow.streaming.backoff import Backoff
 from schemas.headers import EVENT_ID
 
 log = logging.getLogger("bankflow.relay")
@@ -101,60 +105,86 @@ def count_unsent(conn: psycopg.Connection[Any]) -> int:
 
 
 class Relay:
+    """The relay's loop, run by ``bankflow.streaming.serve`` like a stage's."""
+
     def __init__(
         self, settings: Settings, conn: psycopg.Connection[Any], producer: Producer
     ) -> None:
         self.settings = settings
         self.conn = conn
         self.producer = producer
-        self.stopping = False
+        self.stopped = threading.Event()
         self.published = 0
+        self.leader = False
+        self.next_count = 0.0
+        self.backoff = Backoff("relay", self.stopped, log)
 
     def run(self) -> None:
-        while not self.stopping and not try_become_leader(self.conn, self.settings):
-            time.sleep(STANDBY_RETRY_S)
-        log.info("relay is the leader; publishing the outbox")
-        unsent = registered(RelayMetrics).unsent
-        next_count = 0.0
-        while not self.stopping:
-            if time.monotonic() >= next_count:
-                unsent.set(count_unsent(self.conn))
-                next_count = time.monotonic() + GAUGE_REFRESH_S
+        while not self.stopped.is_set():
             try:
-                count = relay_once(
-                    self.conn,
-                    self.producer,
-                    self.settings.relay_batch_max,
-                    topic_prefix=self.settings.topic_prefix,
-                )
-            except DeliveryFailed as exc:
-                log.warning("%s; retrying the round", exc)
-                time.sleep(1)
-                continue
-            self.published += count
-            if count == 0:
-                time.sleep(self.settings.relay_idle_poll_ms / 1000)
+                self.step()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.backoff.failed(exc)
+                self._reconnect()
+            else:
+                self.backoff.succeeded()
+
+    def step(self) -> int:
+        """Take the leader lock if not held yet, then publish one round."""
+        if not self.leader:
+            self.leader = try_become_leader(self.conn, self.settings)
+            if not self.leader:
+                self.stopped.wait(STANDBY_RETRY_S)
+                return 0
+            log.info("relay is the leader; publishing the outbox")
+        if time.monotonic() >= self.next_count:
+            registered(RelayMetrics).unsent.set(count_unsent(self.conn))
+            self.next_count = time.monotonic() + GAUGE_REFRESH_S
+        count = relay_once(
+            self.conn, self.producer, self.settings.relay_batch_max,
+            topic_prefix=self.settings.topic_prefix,
+        )  # fmt: skip
+        self.published += count
+        if count == 0:
+            self.stopped.wait(self.settings.relay_idle_poll_ms / 1000)
+        return count
+
+    def _reconnect(self) -> None:
+        # The advisory lock goes with the connection: leadership is taken anew.
+        self.leader = False
+        try:
+            self.conn.close()
+            self.conn = _connect(self.settings)
+        except Exception as still_down:
+            if not is_transient(still_down):
+                raise
+            log.warning("reconnecting failed (%s)", still_down)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def ready(self) -> bool:
+        return self.leader and connection_alive(self.conn) and not self.backoff.waiting
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(FLUSH_TIMEOUT_S)
+        finally:
+            self.conn.close()
+            log.info("relay stopped after publishing %d events", self.published)
+
+
+def _connect(settings: Settings) -> psycopg.Connection[Any]:
+    return db_connect(settings, application_name="bankflow-relay", autocommit=True)
 
 
 def build(settings: Settings) -> Relay:
-    return Relay(settings, db_connect(settings, autocommit=True), kafka_producer(settings))
+    """The composition root: the relay's database connection and producer."""
+    return Relay(settings, _connect(settings), kafka_producer(settings))
 
 
 def run(settings: Settings) -> None:
     """``bankflow run relay``: publish until SIGTERM or SIGINT."""
-    configure_logging()
-    relay = build(settings)
-    on_stop_signal(lambda: setattr(relay, "stopping", True))
-    server = serve_metrics(
-        settings.relay_metrics_port,
-        lambda: connection_alive(relay.conn),
-        host=settings.metrics_host,
-    )
-    log.info("metrics on %s:%d", settings.metrics_host, server.port)
-    try:
-        relay.run()
-    finally:
-        server.close()
-        relay.producer.flush(FLUSH_TIMEOUT_S)
-        relay.conn.close()
-        log.info("relay stopped after publishing %d events", relay.published)
+    serve(settings, "relay", lambda: build(settings), settings.relay_metrics_port)

@@ -5,7 +5,8 @@ It reads the requests, the validator's decisions and the ledger's events and kee
 with its history; held transfers also enter ``review_queue``. Statuses only move
 forward (``transfer_status_rank`` in the database), so the order in which the topics
 are read does not matter, and every write is idempotent: the tracker is
-at-least-once, committing its Kafka offsets after the database transaction.
+at-least-once, its Kafka offsets committed by the stage runtime after the database
+transaction (``AfterEffect``).
 
 Every ``REVIEW_TIMEOUT_CHECK_S`` it also rejects held transfers that no reviewer
 decided within ``review_timeout_s``.
@@ -22,21 +23,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Message
 from pydantic import ValidationError
 
 from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.failures import PoisonMessage
 from bankflow.metrics import TrackerMetrics, registered
-from bankflow.observability import Assignment, connection_alive, serve_metrics
+from bankflow.observability import connection_alive
 from bankflow.review import expire_reviews
-from bankflow.runtime import (
-    configure_logging,
-    next_offsets,
-    on_stop_signal,
-    run_until_stopped,
-    usable,
-)
 from bankflow.settings import Settings
+from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
+from bankflow.streaming.stage import dead_letter_output
+from schemas.errors import describe
 from schemas.topics import (
     TRANSFERS_ACCEPTED,
     TRANSFERS_FAILED,
@@ -55,6 +53,10 @@ BATCH_WAIT_S = 0.1
 #: review-queue gauge).
 REVIEW_TIMEOUT_CHECK_S = 5.0
 HELD_COUNT_SQL = "select count(*) from review_queue where status = 'held'"
+
+#: Topics whose own stage (the validator, the poster) dead-letters what it cannot read;
+#: on the others the tracker is the reader that does.
+READ_BY_OTHER_STAGES = frozenset({TRANSFERS_REQUESTED, TRANSFERS_ACCEPTED})
 
 TRACKED = (
     TRANSFERS_REQUESTED, TRANSFERS_ACCEPTED, TRANSFERS_REVIEW, TRANSFERS_REJECTED,
@@ -167,56 +169,64 @@ def _update(
     )  # fmt: skip
 
 
-class Tracker:
-    def __init__(
-        self, settings: Settings, consumer: Consumer, conn: psycopg.Connection[Any]
-    ) -> None:
+class Tracker(Stage):
+    name = "tracker"
+    commit = AfterEffect()
+    batch_max = BATCH_MAX
+    batch_wait_s = BATCH_WAIT_S
+
+    def __init__(self, settings: Settings, conn: psycopg.Connection[Any]) -> None:
         self.settings = settings
-        self.consumer = consumer
         self.conn = conn
         self.logical = {settings.topic(t): t for t in TRACKED}
-        self.stopping = False
         self.seen: Counter[str] = Counter()
         self.next_expiry_check = 0.0
         self.metrics = registered(TrackerMetrics)
-        self.assignment = Assignment()
+
+    def topics(self) -> list[str]:
+        return list(TRACKED)
 
     def ready(self) -> bool:
-        """Ready while it owns partitions and its database connection is alive."""
-        return connection_alive(self.conn) and self.assignment.ready()
+        return connection_alive(self.conn)
 
-    def run(self) -> None:
-        self.assignment.subscribe(self.consumer, list(self.logical))
-        run_until_stopped(self.step, lambda: self.stopping, self._reconnect, log)
-
-    def _reconnect(self) -> None:
+    def reconnect(self) -> None:
         self.conn.close()
         self.conn = _connect(self.settings)
 
-    def step(self) -> int:
-        messages = [m for m in self.consumer.consume(BATCH_MAX, BATCH_WAIT_S) if usable(m, log)]
-        if messages:
-            self.write(messages)
-            self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
-        if time.monotonic() >= self.next_expiry_check:
-            expired = expire_reviews(self.conn, self.settings)
-            if expired:
-                log.info("%d held transfer(s) rejected: review_timeout", expired)
-            held = self.conn.execute(HELD_COUNT_SQL).fetchone()
-            self.metrics.review_held.set(held[0] if held else 0)
-            self.next_expiry_check = time.monotonic() + REVIEW_TIMEOUT_CHECK_S
-        return len(messages)
+    def close(self) -> None:
+        self.conn.close()
+        log.info("tracker saw: %s", dict(self.seen))
 
-    def write(self, messages: Sequence[Message]) -> None:
-        """One database transaction for the batch's statuses, history and held transfers."""
-        updates, held = [], []
+    def process(self, batch: Batch) -> list[Output]:
+        """Statuses in one transaction; what the tracker alone reads and cannot decode goes
+        to the dead-letter topic (the runtime produces it before committing offsets)."""
+        return self.write(batch.messages)
+
+    def tick(self) -> None:
+        """Every ``REVIEW_TIMEOUT_CHECK_S``: reject held transfers past their review time."""
+        if time.monotonic() < self.next_expiry_check:
+            return
+        expired = expire_reviews(self.conn, self.settings)
+        if expired:
+            log.info("%d held transfer(s) rejected: review_timeout", expired)
+        held = self.conn.execute(HELD_COUNT_SQL).fetchone()
+        self.metrics.review_held.set(held[0] if held else 0)
+        self.next_expiry_check = time.monotonic() + REVIEW_TIMEOUT_CHECK_S
+
+    def write(self, messages: Sequence[Message]) -> list[Output]:
+        """One database transaction for the batch's statuses, history and held transfers;
+        the dead letters of messages only the tracker reads and cannot decode."""
+        updates, held, dead = [], [], []
         for m in messages:
             logical = self.logical[str(m.topic())]
             try:
                 update = status_update(logical, m.value() or b"", _written_at(m))
             except ValidationError as exc:
-                # Not ours to judge: the stage that reads this topic dead-letters it.
-                log.warning("unreadable message on %s: %s", m.topic(), exc.errors()[:1])
+                if logical in READ_BY_OTHER_STAGES:
+                    # Not ours to judge: the stage that reads this topic dead-letters it.
+                    log.warning("unreadable message on %s: %s", m.topic(), exc.errors()[:1])
+                else:
+                    dead.append(dead_letter_output(m, PoisonMessage(describe(exc))))
                 continue
             updates.append(update)
             self.seen[update.status] += 1
@@ -239,6 +249,7 @@ class Tracker:
             )  # fmt: skip
         for status, count in Counter(u.status for u in updates).items():
             self.metrics.updates.labels(status).inc(count)
+        return dead
 
 
 def _written_at(message: Message) -> datetime:
@@ -246,29 +257,19 @@ def _written_at(message: Message) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC) if ms and ms > 0 else datetime.now(UTC)
 
 
-def build(settings: Settings) -> Tracker:
-    consumer = kafka_consumer(
-        settings, group_id=settings.tracker_group, **{"session.timeout.ms": 10_000}
-    )
-    return Tracker(settings, consumer, _connect(settings))
-
-
 def _connect(settings: Settings) -> psycopg.Connection[Any]:
     # Autocommit: each batch is one explicit transaction, and nothing is left open between.
     return db_connect(settings, application_name="bankflow-tracker", autocommit=True)
 
 
+def build(settings: Settings) -> StageRunner[Tracker]:
+    """The composition root: the tracker's consumer and database connection."""
+    consumer = kafka_consumer(
+        settings, group_id=settings.tracker_group, **{"session.timeout.ms": 10_000}
+    )
+    return StageRunner(settings, Tracker(settings, _connect(settings)), consumer)
+
+
 def run(settings: Settings) -> None:
     """``bankflow run tracker``: keep transfer statuses and the review queue current."""
-    configure_logging()
-    tracker = build(settings)
-    on_stop_signal(lambda: setattr(tracker, "stopping", True))
-    server = serve_metrics(settings.tracker_metrics_port, tracker.ready, host=settings.metrics_host)
-    log.info("metrics on %s:%d", settings.metrics_host, server.port)
-    try:
-        tracker.run()
-    finally:
-        server.close()
-        tracker.consumer.close()
-        tracker.conn.close()
-        log.info("tracker stopped: %s", dict(tracker.seen))
+    serve(settings, "tracker", lambda: build(settings), settings.tracker_metrics_port)

@@ -165,19 +165,19 @@ def drain_in_process(settings: Settings, expected_transfers: int, timeout_s: flo
     """Run a poster in this process until the ledger holds ``expected_transfers``."""
     from consumers.poster import build
 
-    poster = build(settings)
-    poster.subscribe()
+    runner = build(settings)
+    poster = runner.stage
+    runner.subscribe()
     try:
         deadline = time.monotonic() + timeout_s
         while transfer_count(poster.conn) < expected_transfers:
             assert time.monotonic() < deadline, (
                 f"poster stalled at {transfer_count(poster.conn)} of {expected_transfers}"
             )
-            poster.poll_and_post()
+            runner.step()
         return poster.stats
     finally:
-        poster.consumer.close()
-        poster.conn.close()
+        runner.close()
 
 
 @dataclass

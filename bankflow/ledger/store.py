@@ -10,7 +10,7 @@ are written with set-based SQL. Either all of it commits or none of it does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -92,7 +92,7 @@ class BatchSummary:
 def write_batch(  # noqa: PLR0917 - the batch's parts, each named at every call
     conn: psycopg.Connection[Any],
     group_id: str,
-    ranges: dict[TopicPartitionKey, OffsetRange],
+    ranges: Mapping[TopicPartitionKey, OffsetRange],
     transfers: Sequence[ConsumedTransfer],
     dead_letters: Sequence[DeadLetter],
     topics: Topics,
@@ -113,7 +113,7 @@ def write_batch(  # noqa: PLR0917 - the batch's parts, each named at every call
 
 
 def _check_and_lock_offsets(
-    conn: psycopg.Connection[Any], group_id: str, ranges: dict[TopicPartitionKey, OffsetRange]
+    conn: psycopg.Connection[Any], group_id: str, ranges: Mapping[TopicPartitionKey, OffsetRange]
 ) -> None:
     keys = sorted(ranges)
     rows = conn.execute(
@@ -265,7 +265,7 @@ def _update_balances(conn: psycopg.Connection[Any], balances: dict[uuid.UUID, in
 
 
 def _store_offsets(
-    conn: psycopg.Connection[Any], group_id: str, ranges: dict[TopicPartitionKey, OffsetRange]
+    conn: psycopg.Connection[Any], group_id: str, ranges: Mapping[TopicPartitionKey, OffsetRange]
 ) -> None:
     known = [k for k in sorted(ranges) if ranges[k].expected is not None]
     new = [k for k in sorted(ranges) if ranges[k].expected is None]

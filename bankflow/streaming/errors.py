@@ -33,6 +33,12 @@ class StageHalted(BankflowError):
     """
 
 
+class PositionMoved(BankflowError):
+    """The stored position of a partition is not where this instance started its batch
+    (another instance owns the partition now): the runtime reloads the stored positions
+    and reads again from there, without counting an outage."""
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether ``error`` is a dependency's failure that the same work may outlive."""
     if isinstance(error, BankflowError):

@@ -56,17 +56,21 @@ def recover(
 ) -> Producer:
     """Abort or rebuild after a failed transaction; the producer to go on with.
 
-    The caller rewinds the consumer afterwards. An error that is neither abortable nor
-    fatal is not expected and is raised again.
+    A fatal error (this producer was fenced by a newer instance with the same
+    transactional id, or broke) needs a new producer; any other is aborted, and a
+    producer that cannot even abort is replaced too. The caller rewinds the consumer
+    afterwards. ``rebuild`` may raise (the broker is down): the caller retries later.
     """
-    if error.txn_requires_abort():
-        log.warning("transaction aborted (%s); redoing the batch", error)
-        producer.abort_transaction(TXN_TIMEOUT_S)
-        return producer
     if error.fatal():
         log.error("producer fenced or failed (%s); rebuilding it", error)
         return rebuild()
-    raise KafkaException(error)
+    try:
+        producer.abort_transaction(TXN_TIMEOUT_S)
+    except KafkaException as abort_failed:
+        log.error("aborting failed (%s) after %s; rebuilding the producer", abort_failed, error)
+        return rebuild()
+    log.warning("transaction aborted (%s); redoing the batch", error)
+    return producer
 
 
 def rewind(consumer: Consumer) -> None:

@@ -42,7 +42,8 @@ from bankflow.failures import DependencyUnavailable, PoisonMessage, header_map
 from bankflow.metrics import StageMetrics, registered
 from bankflow.settings import Settings
 from bankflow.streaming import halts as halt_store
-from bankflow.streaming.errors import StageHalted, is_transient
+from bankflow.streaming.backoff import Backoff, short
+from bankflow.streaming.errors import PositionMoved, StageHalted, is_transient
 from bankflow.streaming.kafka import (
     TXN_TIMEOUT_S,
     next_offsets,
@@ -63,11 +64,6 @@ from bankflow.streaming.stage import (
 )
 from schemas.errors import describe
 
-#: Waits between attempts while a dependency is down: 0.5 s doubling to 30 s, then every
-#: 30 s for as long as it takes (the stage shows not ready meanwhile, and an alert on
-#: lag tells the operator; exiting would only make the supervisor restart it into the
-#: same outage).
-BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 #: How long the Kafka commit of an ``AfterEffect`` stage, and the delivery of its
 #: dead letters, may take before the batch counts as failed (transient).
 FLUSH_TIMEOUT_S = 30.0
@@ -94,7 +90,9 @@ class StageRunner(Generic[S]):
         #: The next offset to read of each owned partition (``InDatabase``: as stored).
         self.positions: dict[Partition, int | None] = {}
         self.rewind_owed = False
-        self.failures_in_a_row = 0
+        #: The transactional producer must be built anew before the next batch.
+        self.producer_owed = False
+        self.backoff = Backoff(stage.name, self.stopped, self.log)
         self.halted_reason: str | None = None
         self.next_halt_check = 0.0
         self._subscribed = False
@@ -139,7 +137,7 @@ class StageRunner(Generic[S]):
         return (
             bool(self.positions)
             and self.halted_reason is None
-            and self.failures_in_a_row == 0
+            and not self.backoff.waiting
             and self.stage.ready()
         )
 
@@ -148,7 +146,17 @@ class StageRunner(Generic[S]):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
         if isinstance(self.stage.commit, InDatabase):
-            stored = self.stage.stored_offsets(keys)
+            try:
+                stored = self.stage.stored_offsets(keys)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # Assigned all the same (an exception here would leave the consumer
+                # without the partitions the group gave it); nothing is processed before
+                # the rewind owed reads the stored offsets, and a batch read meanwhile
+                # is refused by the store's offset check.
+                self.log.warning("stored offsets unavailable (%s); reading them later", exc)
+                stored, self.rewind_owed = {}, True
             for p in partitions:
                 offset = stored.get((p.topic, p.partition))
                 p.offset = offset if offset is not None else OFFSET_BEGINNING
@@ -175,6 +183,9 @@ class StageRunner(Generic[S]):
     def step(self) -> int:
         """One poll, processed and committed; how many messages it handled."""
         try:
+            if self.producer_owed:
+                self.producer = self._make_producer()
+                self.producer_owed = False
             if self.rewind_owed:
                 self._rewind()
             if self._halted():
@@ -184,15 +195,17 @@ class StageRunner(Generic[S]):
         except StageHalted as halt:
             self._halt(str(halt))
             return 0
+        except PositionMoved as moved:
+            self.metrics.positions_moved.labels(self.stage.name).inc()
+            self.log.warning("%s; reading again from the stored positions", moved)
+            self.rewind_owed = True
+            return 0
         except Exception as exc:
             if not is_transient(exc):
                 raise
             self._wait_out(exc)
             return 0
-        if self.failures_in_a_row:
-            self.log.info("%s is back after %d failed attempt(s)", self.stage.name,
-                          self.failures_in_a_row)  # fmt: skip
-        self.failures_in_a_row = 0
+        self.backoff.succeeded()
         return handled
 
     def _poll_and_process(self) -> int:
@@ -238,8 +251,12 @@ class StageRunner(Generic[S]):
             )
             producer.commit_transaction(TXN_TIMEOUT_S)
         except KafkaException as exc:
-            self.producer = recover(exc.args[0], producer, self._make_producer, self.log)
             self.rewind_owed = True
+            try:
+                self.producer = recover(exc.args[0], producer, self._make_producer, self.log)
+            except KafkaException as rebuild_failed:
+                self.producer_owed = True
+                raise DependencyUnavailable(f"Kafka: {rebuild_failed}") from rebuild_failed
             return
         for batch, out in batches:
             self.stage.committed(batch, out)
@@ -332,7 +349,7 @@ class StageRunner(Generic[S]):
                 poisoned(messages[0], _as_poison(exc))
                 return
             self.log.info("a batch of %d failed (%s: %s); splitting it to find the message",
-                          len(messages), type(exc).__name__, _short(exc))  # fmt: skip
+                          len(messages), type(exc).__name__, short(exc))  # fmt: skip
         half = len(messages) // 2
         self._contained(messages[:half], attempt, poisoned)
         self._contained(messages[half:], attempt, poisoned)
@@ -347,7 +364,7 @@ class StageRunner(Generic[S]):
             self.log.warning(
                 "poison message %s[%s]@%s to the dead-letter store: %s: %s",
                 message.topic(), message.partition(), message.offset(), error_class,
-                _short(error), extra={"error_class": error_class},
+                short(error), extra={"error_class": error_class},
                 exc_info=None if isinstance(error, PoisonMessage) else error,
             )  # fmt: skip
         return outputs
@@ -394,19 +411,14 @@ class StageRunner(Generic[S]):
             self._subscribed = False
 
     def _wait_out(self, error: Exception) -> None:
-        delay = BACKOFF_S[min(self.failures_in_a_row, len(BACKOFF_S) - 1)]
-        self.failures_in_a_row += 1
-        self.metrics.transient.labels(self.stage.name, type(error).__name__).inc()
-        self.log.warning("%s: dependency unavailable (%s: %s); retrying in %s s",
-                         self.stage.name, type(error).__name__, _short(error), delay)  # fmt: skip
         self.rewind_owed = True
-        self.stopped.wait(delay)
+        self.backoff.failed(error)
         try:
             self.stage.reconnect()
         except Exception as still_down:
             if not is_transient(still_down):
                 raise
-            self.log.warning("reconnecting failed (%s)", _short(still_down))
+            self.log.warning("reconnecting failed (%s)", short(still_down))
 
     def _rewind(self) -> None:
         """Seek every owned partition back to where its next batch must start."""
@@ -427,19 +439,10 @@ class StageRunner(Generic[S]):
 
 def _containable(error: Exception) -> bool:
     """An error about the data at hand: not a dependency's outage, not a halt."""
-    return not is_transient(error) and not isinstance(error, StageHalted)
+    return not is_transient(error) and not isinstance(error, StageHalted | PositionMoved)
 
 
 def _as_poison(error: Exception) -> Exception:
     if isinstance(error, ValidationError):
         return PoisonMessage(describe(error))
     return error
-
-
-#: A reason travels in a header and a log line: long texts are cut.
-REASON_MAX = 300
-
-
-def _short(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) <= REASON_MAX else text[:REASON_MAX] + "..."

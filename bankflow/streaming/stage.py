@@ -36,8 +36,13 @@ from confluent_kafka import Message
 
 from bankflow.failures import HeaderList, route_failure
 
+# One type for a stored offset range, shared with the ledger that stores it.
+from bankflow.ledger.store import OffsetRange
+
 if TYPE_CHECKING:
     from bankflow.streaming.halts import Halts
+
+__all__ = ["Batch", "OffsetRange", "Output", "Stage"]
 
 #: A partition as the runtime keys it: the topic as read (with any prefix) and its number.
 Partition = tuple[str, int]
@@ -51,14 +56,6 @@ class Output:
     key: bytes | None
     value: bytes | None
     headers: HeaderList | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OffsetRange:
-    """Where a partition's stored offset stands before a batch and where it moves to."""
-
-    expected: int | None
-    next_offset: int
 
 
 @dataclass(frozen=True, slots=True)

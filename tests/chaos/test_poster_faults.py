@@ -171,6 +171,6 @@ def test_a_zombie_poster_resumed_mid_batch_changes_nothing(
     assert_ledger_matches(db, settings, work)
     # The guard engaged: one of them found the stored offsets moved under its batch and
     # re-read them instead of committing.
-    assert any("re-reading the stored offsets" in log.read_text() for log in logs), "\n".join(
-        log.read_text() for log in logs
+    assert any("reading again from the stored positions" in log.read_text() for log in logs), (
+        "\n".join(log.read_text() for log in logs)
     )

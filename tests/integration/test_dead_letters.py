@@ -38,13 +38,12 @@ def sink_until(settings: Settings, count: int) -> None:
     sink.subscribe()
     try:
         for _ in range(100):  # bounded
-            sink.poll_and_store()
-            if sink.stored >= count:
+            sink.step()
+            if sink.stage.stored >= count:
                 return
     finally:
-        sink.consumer.close()
-        sink.conn.close()
-    raise AssertionError(f"the sink stored {sink.stored} of {count}")
+        sink.close()
+    raise AssertionError(f"the sink stored {sink.stage.stored} of {count}")
 
 
 def test_poison_requests_are_listed_with_their_reason(settings: Settings, topics, db) -> None:
@@ -85,12 +84,11 @@ def test_a_dead_letter_whose_cause_was_fixed_replays_to_exactly_one_posting(
     poster.subscribe()
     try:
         for _ in range(100):  # bounded
-            poster.poll_and_post()
-            if poster.stats.dead_letters:
+            poster.step()
+            if poster.stage.stats.dead_letters:
                 break
     finally:
-        poster.consumer.close()
-        poster.conn.close()
+        poster.close()
     assert transfer_count(db) == 0
     assert relay_once(db, kafka_producer(settings), batch_max=10) == 1
     sink_until(settings, 1)

@@ -63,16 +63,16 @@ def test_replaying_the_topic_from_offset_zero_changes_nothing(
     )
     from consumers.poster import build
 
-    poster = build(settings)
-    poster.subscribe()
+    runner = build(settings)
+    poster = runner.stage
+    runner.subscribe()
     try:
         for _ in range(200):  # bounded: far more polls than 600 messages need
-            poster.poll_and_post()
+            runner.step()
             if poster.stats.duplicates >= len(work.all_transfers):
                 break
     finally:
-        poster.consumer.close()
-        poster.conn.close()
+        runner.close()
     assert poster.stats.duplicates == len(work.all_transfers)
     assert poster.stats.posted == poster.stats.failed == 0
     assert ledger_snapshot(db) == before
@@ -180,10 +180,10 @@ def test_kafka_group_offsets_follow_the_stored_ones_for_tools(
     assert {(c.topic, c.partition): c.offset for c in committed} == stored
 
 
-def test_a_database_that_refuses_everything_halts_the_poster_instead_of_dead_lettering_all(
+def test_a_database_that_refuses_everything_halts_the_poster_until_an_operator_clears_it(
     settings: Settings, topics, db
 ) -> None:
-    from consumers.poster import REFUSED_IN_A_ROW_MAX, PosterHalted, build
+    from consumers.poster import REFUSED_IN_A_ROW_MAX, build
 
     topics()
     a, b = open_test_accounts(db, settings, 2)
@@ -192,15 +192,42 @@ def test_a_database_that_refuses_everything_halts_the_poster_instead_of_dead_let
     produce_accepted(
         settings, [accepted(a, b, 1) for _ in range(3 * REFUSED_IN_A_ROW_MAX)], partition=0
     )
-    poster = build(settings)
-    poster.subscribe()
+    runner = build(settings)
+    runner.subscribe()
     try:
-        with pytest.raises(PosterHalted, match="schema or deployment problem"):
-            for _ in range(100):  # bounded
-                poster.poll_and_post()
+        for _ in range(100):  # bounded
+            runner.step()
+            if runner.halted_reason:
+                break
+        assert runner.halted_reason and "schema or deployment problem" in runner.halted_reason
+        assert not runner.ready()
     finally:
-        poster.consumer.close()
-        poster.conn.close()
-    assert poster.stats.dead_letters == REFUSED_IN_A_ROW_MAX
+        runner.close()
+    assert runner.stage.stats.dead_letters == REFUSED_IN_A_ROW_MAX
     stored = db.execute("select next_offset from consumer_offsets").fetchone()[0]
     assert stored == REFUSED_IN_A_ROW_MAX  # the rest wait for the fix, not in the DLQ
+
+    # The halt survives a restart: a new poster reads it and posts nothing.
+    db.execute("alter table transfers drop constraint broken")  # the cause is fixed ...
+    again = build(settings)
+    again.subscribe()
+    try:
+        for _ in range(5):
+            again.step()
+        assert again.halted_reason is not None and not again.ready()
+        assert db.execute("select count(*) from transfers").fetchone()[0] == 0
+    finally:
+        again.close()
+    listed = run_cli(settings, "halt", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (halt,) = json.loads(listed.stdout)
+    assert halt["stage"] == "poster" and "refused" in halt["reason"]
+    status = run_cli(settings, "status", "--json")
+    assert status.returncode == 1  # a halt is something for an operator to act on
+    assert [h["stage"] for h in json.loads(status.stdout)["halted"]] == ["poster"]
+
+    # ... and only an operator's command resumes it, from the stored position.
+    cleared = run_cli(settings, "halt", "clear", "poster", "--note", "constraint dropped")
+    assert cleared.returncode == 0, cleared.stderr
+    assert json.loads(run_cli(settings, "halt", "list", "--json").stdout) == []
+    drain_in_process(settings, 2 * REFUSED_IN_A_ROW_MAX)
