@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api import problems
@@ -28,11 +27,13 @@ from api.ratelimit import RateLimitByAddress
 from api.request_log import RequestLog
 from api.routes import ROUTERS
 from api.routes.ops import page_router
-from bankflow.bootstrap import db_connect, kafka_admin, redis_client
 from bankflow.settings import Settings, get_settings
 
-#: A readiness probe answers within a load balancer's usual 5 s timeout.
+#: One look at a dependency waits at most this long.
 PROBE_TIMEOUT_S = 3
+#: How often the API looks at its dependencies for ``/readyz``: a probe answers what
+#: was seen at most this long ago (plus a look's time).
+READINESS_REFRESH_S = 2.0
 API_PREFIX = "/v1"
 DESCRIPTION = """\
 Transfers over HTTP for bankflow's client apps.
@@ -52,9 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         context = await ApiContext.open(settings)
         app.state.context = context
+        watching = asyncio.create_task(_watch_dependencies(context), name="readiness")
         try:
             yield
         finally:
+            watching.cancel()
             await close_monitor(app)
             await context.close()
 
@@ -101,36 +104,47 @@ def _add_health_checks(app: FastAPI, settings: Settings) -> None:
         summary="Kafka, PostgreSQL and Redis answer",
         dependencies=[Public],
     )
-    async def readyz() -> JSONResponse:
-        checks = await asyncio.to_thread(_dependency_checks, settings)
-        ready = all(value == "ok" for value in checks.values())
+    async def readyz(request: Request) -> JSONResponse:
+        checks = request.app.state.context.readiness
+        ready = _all_ok(checks)
         return JSONResponse(
             {"status": "ok" if ready else "unavailable", "checks": checks},
             status_code=200 if ready else 503,
         )
 
 
-def _dependency_checks(settings: Settings) -> dict[str, Any]:
-    checks: dict[str, Any] = {}
+async def _watch_dependencies(context: ApiContext) -> None:
+    """Every ``READINESS_REFRESH_S``, ask Kafka, PostgreSQL and Redis through the clients
+    the API already has; ``/readyz`` (here and on the metrics port) answers the last
+    result, so a probe opens nothing and costs the dependencies nothing."""
+    while True:
+        context.readiness = await _dependency_checks(context)
+        await asyncio.sleep(READINESS_REFRESH_S)
+
+
+async def _dependency_checks(context: ApiContext) -> dict[str, str]:
+    checks: dict[str, str] = {}
     try:
-        kafka_admin(settings).list_topics(timeout=PROBE_TIMEOUT_S)
+        await asyncio.to_thread(context.producer.producer.list_topics, timeout=PROBE_TIMEOUT_S)
         checks["kafka"] = "ok"
     except Exception as exc:  # noqa: BLE001 - a probe reports any failure, it never raises
         checks["kafka"] = f"error: {exc}"
     try:
-        with db_connect(settings, connect_timeout=PROBE_TIMEOUT_S) as conn:
-            conn.execute("select 1")
+        async with context.db_pool.connection(timeout=PROBE_TIMEOUT_S) as conn:
+            await conn.execute("select 1")
         checks["postgres"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["postgres"] = f"error: {type(exc).__name__}"
     try:
-        client = redis_client(settings)
-        client.ping()
-        client.close()
+        await context.redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["redis"] = f"error: {type(exc).__name__}"
     return checks
+
+
+def _all_ok(checks: dict[str, str]) -> bool:
+    return bool(checks) and all(value == "ok" for value in checks.values())
 
 
 def serve(settings: Settings) -> None:
@@ -148,17 +162,21 @@ def serve(settings: Settings) -> None:
 
     configure_logging()
 
-    server = serve_metrics(
-        settings.api_metrics_port,
-        lambda: all(v == "ok" for v in _dependency_checks(settings).values()),
-        host=settings.metrics_host,
-    )
+    app = create_app(settings)
+
+    def ready() -> bool:
+        # The app's last look at its dependencies (``_watch_dependencies``); read from the
+        # metrics server's thread, it only reads a reference.
+        context = getattr(app.state, "context", None)
+        return context is not None and _all_ok(context.readiness)
+
+    server = serve_metrics(settings.api_metrics_port, ready, host=settings.metrics_host)
     try:
         # uvicorn's own logging config is left out, so its lines go through ours (JSON,
         # redacted); its access log is replaced by ``api.request_log.RequestLog``.
         uvicorn.run(
-            create_app(settings), host=settings.api_host, port=settings.api_port,
-            log_config=None, access_log=False,
+            app, host=settings.api_host, port=settings.api_port, log_config=None,
+            access_log=False,
         )  # fmt: skip
     finally:
         server.close()

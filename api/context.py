@@ -48,6 +48,9 @@ class ApiContext:
     #: Who owns each account asked about: an account never changes owner, so the answer
     #: can be kept (bounded: ``ACCOUNT_OWNERS_MAX``, oldest dropped first).
     account_owners: dict[Any, Any] = field(default_factory=dict)
+    #: The last look at Kafka, PostgreSQL and Redis (``api.app._watch_dependencies``),
+    #: what ``/readyz`` answers; empty until the first look.
+    readiness: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, settings: Settings) -> ApiContext:

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from bankflow.settings import Settings
 
@@ -70,6 +70,31 @@ def db_connect(
         application_name=application_name,
         **kwargs,
     )
+
+
+def db_pool(
+    settings: Settings, *, application_name: str, max_size: int = 1, **kwargs: Any
+) -> ConnectionPool[psycopg.Connection[Any]]:
+    """A pool of autocommit connections whose search path is the configured schema.
+
+    Opened without waiting, so a service starts while PostgreSQL is still coming up; it
+    reconnects in the background and drops a connection returned broken, so a service
+    that takes a connection per batch never holds a dead one.
+    """
+    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={
+            "options": f"-c search_path={settings.db_schema}",
+            "application_name": application_name,
+            "autocommit": True,
+            **kwargs,
+        },
+    )
+    pool.open(wait=False)
+    return pool
 
 
 def redis_client(settings: Settings, **kwargs: Any) -> redis.Redis:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -43,6 +43,8 @@ BATCH_MAX = 1000
 #: The topics whose stages send failures to the retry tiers (the validator's input);
 #: a retried message is sent back only to one of these, whatever its header says.
 RETRIED_FROM = frozenset({TRANSFERS_REQUESTED})
+#: How far the clock of the stage that set a not-before may run ahead of the retrier's.
+CLOCK_SKEW_MAX_S = 60
 
 
 class Retrier(Stage):
@@ -60,6 +62,10 @@ class Retrier(Stage):
         self.metrics = registered(RetrierMetrics)
         self.tiers = {retry_topic(tier): tier for tier in settings.retry_tiers}
         self.origins = {settings.topic(t) for t in RETRIED_FROM}
+        #: No message waits longer than the longest tier (plus a margin for clocks).
+        self.wait_max = timedelta(
+            seconds=max(settings.retry_tiers.values(), default=0) + CLOCK_SKEW_MAX_S
+        )
 
     def topics(self) -> list[str]:
         return [retry_topic(t) for t in self.settings.retry_tiers]
@@ -105,7 +111,10 @@ class Retrier(Stage):
             if where in self.paused:
                 continue  # read past the pause point in this batch: read again later
             not_before = _not_before(m)
-            if not_before is not None and not_before > now:
+            # A not-before beyond the longest tier is forged or corrupt: pausing for it
+            # would hold every message behind it, so it is due now (``_send_back``
+            # dead-letters it).
+            if not_before is not None and now < not_before <= now + self.wait_max:
                 tp = TopicPartition(where[0], where[1], int(m.offset() or 0))
                 self.consumer.pause([tp])
                 self.consumer.seek(tp)
@@ -117,8 +126,11 @@ class Retrier(Stage):
     def _send_back(self, message: Message) -> Output:
         """A due message back to its origin, or to the dead-letter topic."""
         origin = header_map(message.headers()).get(h.ORIGINAL_TOPIC)
-        if origin is None or _not_before(message) is None:
+        not_before = _not_before(message)
+        if origin is None or not_before is None:
             problem = "a retried message needs origin and not-before headers"
+        elif not_before > datetime.now(UTC) + self.wait_max:
+            problem = f"a not-before later than the longest retry tier ({not_before.isoformat()})"
         elif origin not in self.origins:
             problem = f"a retried message may only go back to {sorted(self.origins)}"
         else:

@@ -31,10 +31,11 @@ import orjson
 import psycopg
 import redis
 from confluent_kafka import Message
+from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from bankflow import logs
-from bankflow.bootstrap import db_connect, kafka_consumer, redis_client
+from bankflow.bootstrap import db_pool, kafka_consumer, redis_client
 from bankflow.domain.iban import account_reference_key, looks_like_iban
 from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
 from bankflow.errors import BankflowError
@@ -98,11 +99,13 @@ class Validator(Stage):
         settings: Settings,
         fraud_state: FraudState,
         ruleset: RuleSet,
+        pool: ConnectionPool[psycopg.Connection[Any]],
     ) -> None:
         self.settings = settings
         self.fraud_state = fraud_state
         self.ruleset = ruleset
-        self.conn: psycopg.Connection[Any] | None = None
+        #: Accounts are read through a pool of one connection, built by ``build``.
+        self.pool = pool
         self.batch_max = settings.validator_batch_max
         self.batch_wait_s = settings.validator_batch_wait_ms / 1000
         self.decisions: Counter[str] = Counter()
@@ -122,11 +125,8 @@ class Validator(Stage):
         self._count(outputs)
         self._log(outputs)
 
-    def reconnect(self) -> None:
-        self.close_connection()
-
     def close(self) -> None:
-        self.close_connection()
+        self.pool.close()
         log.info("validator decisions: %s", dict(self.decisions))
 
     def _log(self, outputs: Sequence[Output]) -> None:
@@ -189,8 +189,7 @@ class Validator(Stage):
                 outputs[n] = self._failed(m, PoisonMessage(describe(exc)))
         try:
             accounts = self._load_accounts([r for _, _, r in requests])
-        except psycopg.OperationalError as exc:
-            self.close_connection()
+        except psycopg.OperationalError as exc:  # PoolTimeout too: PostgreSQL is away
             error = DependencyUnavailable(f"PostgreSQL: {exc}".strip())
             log.warning("%s; %d request(s) to the retry tiers", error, len(requests))
             outputs.update((n, self._failed(m, error)) for n, m, _ in requests)
@@ -251,11 +250,6 @@ class Validator(Stage):
         }
         if not keys:
             return {}
-        if self.conn is None:
-            self.conn = db_connect(
-                self.settings, application_name="bankflow-validator", autocommit=True,
-                connect_timeout=DB_CONNECT_TIMEOUT_S,
-            )  # fmt: skip
         # Anyone can write any text here: only a real UUID is asked for as an id and
         # only what is written as an IBAN as one; anything else matches no account and
         # the request is rejected (unknown_account) rather than refused by PostgreSQL.
@@ -263,11 +257,12 @@ class Validator(Stage):
         ibans = [k for k in keys if not _is_uuid(k) and looks_like_iban(k)]
         if not ids and not ibans:
             return {}
-        rows = self.conn.execute(
-            "select id, iban, customer_id, type, currency, status from accounts "
-            "where id = any(%s::uuid[]) or iban = any(%s::text[])",
-            (ids, ibans),
-        ).fetchall()
+        with self.pool.connection(timeout=DB_CONNECT_TIMEOUT_S) as conn:
+            rows = conn.execute(
+                "select id, iban, customer_id, type, currency, status from accounts "
+                "where id = any(%s::uuid[]) or iban = any(%s::text[])",
+                (ids, ibans),
+            ).fetchall()
         facts: dict[str, AccountFacts] = {}
         for row in rows:
             account = AccountFacts(
@@ -275,11 +270,6 @@ class Validator(Stage):
             )
             facts[str(account.id)] = facts[account.iban] = account
         return facts
-
-    def close_connection(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
     def _failed(self, message: Message, error: BankflowError) -> Output:
         route = route_failure(
@@ -426,7 +416,10 @@ def build(settings: Settings) -> StageRunner[Validator]:
     client = redis_client(
         settings, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
     )
-    validator = Validator(settings, FraudState(client, settings.redis_prefix), ruleset)
+    pool = db_pool(
+        settings, application_name="bankflow-validator", connect_timeout=DB_CONNECT_TIMEOUT_S
+    )
+    validator = Validator(settings, FraudState(client, settings.redis_prefix), ruleset, pool)
     return StageRunner(settings, validator, consumer)
 
 

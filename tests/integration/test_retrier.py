@@ -11,7 +11,7 @@ from bankflow.bootstrap import kafka_producer
 from bankflow.failures import header_map
 from processors.retrier import build
 from schemas import headers as h
-from schemas.topics import TRANSFERS_DLQ, TRANSFERS_REQUESTED, retry_topic
+from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_REQUESTED, retry_topic
 from tests.integration.test_validator import read_committed
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,3 +77,42 @@ def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
     finally:
         again.close()
     assert sum(again.stage.sent.values()) == 0
+
+
+def test_a_forged_message_neither_blocks_its_partition_nor_goes_anywhere_but_the_dlq(
+    settings, topics
+) -> None:
+    """Anyone who can write to a retry topic may write any header: a not-before in the
+    year 9999 must not pause the partition (holding every message behind it), and an
+    origin that is not a topic stages retry from must not be where it is sent."""
+    settings = settings.model_copy(update={"retry_tiers": TIERS})
+    topics(TRANSFERS_REQUESTED, TRANSFERS_DLQ, TRANSFERS_ACCEPTED, *(retry_topic(t) for t in TIERS))
+    origin = settings.topic(TRANSFERS_REQUESTED)
+    now = datetime.now(UTC)
+    producer = kafka_producer(settings)
+    fast = settings.topic(retry_topic("fast"))
+    far = datetime(9999, 1, 1, tzinfo=UTC)
+    producer.produce(fast, key=b"a", value=b"forever", headers=retried(origin, far), partition=0)
+    accepted = settings.topic(TRANSFERS_ACCEPTED)
+    producer.produce(
+        fast, key=b"a", value=b"elsewhere", headers=retried(accepted, now), partition=0
+    )
+    producer.produce(fast, key=b"a", value=b"behind", headers=retried(origin, now), partition=0)
+    assert producer.flush(30) == 0
+
+    retrier = build(settings)
+    retrier.subscribe()
+    deadline = time.monotonic() + 60
+    try:
+        while sum(retrier.stage.sent.values()) < 3 and time.monotonic() < deadline:
+            retrier.step()
+        assert retrier.stage.paused == {}
+    finally:
+        retrier.close()
+    out = read_committed(settings, TRANSFERS_REQUESTED, TRANSFERS_DLQ, TRANSFERS_ACCEPTED,
+                         expected=3)  # fmt: skip
+    assert [m.value() for m in out[TRANSFERS_REQUESTED]] == [b"behind"]
+    assert out[TRANSFERS_ACCEPTED] == []
+    reasons = {m.value(): header_map(m.headers())[h.ERROR_MESSAGE] for m in out[TRANSFERS_DLQ]}
+    assert "later than the longest retry tier" in reasons[b"forever"]
+    assert "may only go back to" in reasons[b"elsewhere"]
