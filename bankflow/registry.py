@@ -109,7 +109,7 @@ SERVICES: tuple[Service, ...] = (
         9109,
         group_setting="tracker_group",
     ),
-    # The balance cache, a faust agent: its group is faust's app id (consumers/cache.py).
+    # The balance cache agent (consumers/cache.py), a stage like the others.
     Service(
         "cache", "consumers.cache:run", "cache_metrics_port", 9110, group_name="bankflow-cache"
     ),

@@ -1,20 +1,24 @@
 """The balance cache agent: ``transfers.posted`` events keep Redis balances current.
 
-A faust-streaming agent (DESIGN.md: side agents whose effects are idempotent, where
-at-least-once is enough). It takes events in batches, skips event ids it has
-processed already, reads the touched accounts' rows from PostgreSQL in one query,
-and stores each as a ``BalanceSnapshot`` through the cache's version guard
-(``bankflow.balance_cache``), so an entry only ever moves to a newer version.
+A stage on the runtime (``bankflow.streaming``) that commits its Kafka offsets after
+its effect (``AfterEffect``): effects are idempotent, so at least once is enough. It
+takes events in batches, skips event ids it has processed already, reads the touched
+accounts' rows from PostgreSQL in one query, and stores each as a
+``BalanceSnapshot`` through the cache's version guard (``bankflow.balance_cache``),
+so an entry only ever moves to a newer version.
 
 Why PostgreSQL and not the balances the event carries: every event of one poster
 batch has the same ``occurred_at``, so two events touching one account cannot be
 ordered by their time, and the event names neither the entry id nor the pending
 amounts and overdraft the balance view needs. The row's ``version`` orders
 snapshots exactly; the relay publishes an event only after its batch committed, so
-the row read is at least as new as the event. Offsets are committed (faust acks)
-only after a batch is stored, so a crash processes it again, which changes nothing.
+the row read is at least as new as the event. Offsets are committed only after a
+batch is stored, so a crash processes it again, which changes nothing.
 
-``bankflow run cache`` runs it; faust's consumer group is ``<topic prefix>bankflow-cache``.
+The cache (``BalanceCache``) and the ledger reads are asyncio code the API shares;
+the stage drives them on an event loop of its own, one batch at a time.
+
+``bankflow run cache`` runs it; its consumer group is ``<topic prefix>bankflow-cache``.
 """
 
 from __future__ import annotations
@@ -24,21 +28,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import faust
 import psycopg
 import redis.asyncio
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from bankflow.balance_cache import BalanceCache
-from bankflow.bootstrap import db_connect_async, redis_async
+from bankflow.bootstrap import db_connect_async, kafka_consumer, redis_async
 from bankflow.ledger.account_store import balance_snapshots
-from bankflow.metrics import StageMetrics, registered
-from bankflow.observability import serve_metrics
-from bankflow.runtime import configure_logging
 from bankflow.settings import Settings
-from bankflow.streaming import is_transient
-from bankflow.streaming.backoff import BACKOFF_S
+from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
 from schemas.topics import TRANSFERS_POSTED
 from schemas.transfers import TransferEvent
 
@@ -64,13 +62,6 @@ class CacheUpdater:
         self.cache = BalanceCache(client, settings.redis_prefix)
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.stored = 0
-        #: Set once the worker runs the agent; cleared while a batch is being retried.
-        self.started = False
-        self.failing = False
-
-    def ready(self) -> bool:
-        """For ``/readyz``: the agent runs and its last batch was stored."""
-        return self.started and not self.failing
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:
@@ -97,46 +88,6 @@ class CacheUpdater:
         self.stored += stored
         return stored
 
-    async def apply_contained(self, values: Sequence[bytes]) -> None:
-        """``apply``; if the batch raises for anything but an outage, each event alone, and
-        the ones that still raise are skipped with their reason (counted as poison).
-
-        The cache is a view: an event it cannot apply leaves its accounts to PostgreSQL
-        (the API reads the ledger on a miss), and the tracker, which reads the same
-        topic, dead-letters events that do not decode.
-        """
-        try:
-            await self.apply_with_retries(values)
-            return
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-        for value in values:
-            try:
-                await self.apply_with_retries([value])
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                registered(StageMetrics).poison.labels("cache", type(exc).__name__).inc()
-                log.error("skipping an event the cache cannot apply (%s: %s)",
-                          type(exc).__name__, exc)  # fmt: skip
-
-    async def apply_with_retries(self, values: Sequence[bytes]) -> None:
-        """``apply``, riding out PostgreSQL or Redis outages (0.5 s doubling to 30 s)."""
-        for attempt, wait_s in enumerate((*BACKOFF_S, *BACKOFF_S[-1:] * 3, None)):
-            try:
-                await self.apply(values)
-                self.failing = False
-                return
-            except (psycopg.OperationalError, RedisError) as exc:
-                self.failing = True
-                if wait_s is None:
-                    raise
-                log.warning("attempt %d failed (%r); retrying in %s s", attempt + 1, exc, wait_s)
-                if self.conn is not None and isinstance(exc, psycopg.OperationalError):
-                    await self.conn.close()
-                await asyncio.sleep(wait_s)
-
     async def close(self) -> None:
         if self.conn is not None:
             await self.conn.close()
@@ -157,57 +108,48 @@ def _decode(values: Sequence[bytes]) -> list[TransferEvent]:
     return events
 
 
-def build_app(settings: Settings) -> tuple[faust.App, CacheUpdater]:
-    """The faust app with its one agent, and what the agent updates the cache with."""
-    app = faust.App(
-        group_id(settings),
-        broker=[f"kafka://{address}" for address in settings.kafka_bootstrap.split(",")],
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=1,  # its own assignor topic only; the source topic exists already
-        topic_replication_factor=settings.topic_replication,
-        consumer_auto_offset_reset="earliest",
-    )
-    source = app.topic(settings.topic(TRANSFERS_POSTED), value_type=bytes, value_serializer="raw")
+class CacheAgent(Stage):
+    """The stage around ``CacheUpdater``: one batch of events, applied on its event loop."""
+
+    name = "cache"
+    commit = AfterEffect()
+    batch_max = BATCH_MAX
+    batch_wait_s = BATCH_WAIT_S
+
+    def __init__(self, updater: CacheUpdater, loop: asyncio.AbstractEventLoop) -> None:
+        self.updater = updater
+        self.loop = loop
+
+    def topics(self) -> list[str]:
+        return [TRANSFERS_POSTED]
+
+    def process(self, batch: Batch) -> list[Output]:
+        values = [m.value() or b"" for m in batch.messages]
+        self.loop.run_until_complete(self.updater.apply(values))
+        return []
+
+    def reconnect(self) -> None:
+        # The connection is opened again on the next batch (``CacheUpdater._db``).
+        self.loop.run_until_complete(self.updater.close())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.updater.close())
+        self.loop.run_until_complete(self.updater.cache.client.aclose())
+        self.loop.close()
+        log.info("cache agent stored %d entries", self.updater.stored)
+
+
+def build(settings: Settings) -> StageRunner[CacheAgent]:
+    """The composition root: the agent's consumer, Redis client and event loop."""
+    loop = asyncio.new_event_loop()
     client = redis_async(
         settings, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
     )
-    updater = CacheUpdater(settings, client)
-
-    @app.agent(source)
-    async def keep_balances(stream: faust.StreamT[bytes]) -> None:
-        # take() acks a batch's events only after this body returned for it.
-        async for values in stream.take(BATCH_MAX, within=BATCH_WAIT_S):
-            try:
-                await updater.apply_contained(values)
-            except (psycopg.OperationalError, RedisError) as exc:
-                # Out of retries: stop the worker (exit non-zero) so its supervisor
-                # restarts it from the committed offsets; nothing is acked.
-                await app.crash(exc)
-                raise
-
-    async def announce() -> None:
-        updater.started = True
-        log.info("cache agent: group %s, reading %s", app.conf.id, source.get_topic_name())
-
-    app.task(announce)  # runs once the worker has started (and set up logging)
-    return app, updater
+    consumer = kafka_consumer(settings, group_id=group_id(settings))
+    agent = CacheAgent(CacheUpdater(settings, client), loop)
+    return StageRunner(settings, agent, consumer)
 
 
 def run(settings: Settings) -> None:
-    """``bankflow run cache``: the agent as a faust worker until SIGTERM or SIGINT."""
-    app, updater = build_app(settings)
-    # Logging as every service has it; the worker leaves it alone (and shows no
-    # terminal spinner) and stops on SIGTERM or SIGINT. faust's own start-up chatter
-    # is long, so its loggers and its Kafka client's keep to warnings.
-    configure_logging()
-    for noisy in ("faust", "mode", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # /metrics (the process's own), /healthz and /readyz, as every service serves them.
-    metrics = serve_metrics(settings.cache_metrics_port, updater.ready, host=settings.metrics_host)
-    worker = faust.Worker(app, quiet=True, override_logging=False)
-    worker.spinner = None
-    try:
-        worker.execute_from_commandline()
-    finally:
-        metrics.close()
+    """``bankflow run cache``: keep Redis balances current until SIGTERM or SIGINT."""
+    serve(settings, "cache", lambda: build(settings), settings.cache_metrics_port)
