@@ -23,7 +23,12 @@ CURRENCY_EXPONENTS: Final[dict[str, int]] = {
 #: every sum of a day's transfers far inside PostgreSQL's bigint.
 AMOUNT_MINOR_MAX: Final = 10**15
 
-_DECIMAL = re.compile(r"^(?P<int>\d+)(?:\.(?P<frac>\d+))?$")
+#: ASCII digits only: ``\d`` would admit other scripts' digits, which ``int`` reads.
+_DECIMAL = re.compile(r"^(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?$")
+#: The longest amount text read at all: far above any valid amount (16 digits, a point,
+#: 3 places, leading zeros), and short enough that ``int`` never meets thousands of
+#: digits (Python refuses more than 4,300) and an error message never echoes them.
+AMOUNT_TEXT_MAX: Final = 64
 
 
 def exponent(currency: str) -> int:
@@ -48,6 +53,11 @@ def parse_amount(text: str, currency: str, *, allow_zero: bool = False) -> int:
     """
     if not isinstance(text, str):
         raise InvalidAmount(f"amount must be a decimal string, got {type(text).__name__}")
+    if len(text) > AMOUNT_TEXT_MAX:
+        raise InvalidAmount(
+            f"amount {text[:20]!r}... is {len(text)} characters long; at most "
+            f"{AMOUNT_TEXT_MAX} are read"
+        )
     match = _DECIMAL.match(text.strip())
     if match is None:
         raise InvalidAmount(f"amount {text!r} is not a plain decimal such as 12.30")

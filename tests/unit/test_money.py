@@ -87,3 +87,13 @@ def test_minor_units_format_with_the_currency_exponent(
 )
 def test_format_then_parse_is_the_identity(minor: int, currency: str) -> None:
     assert parse_amount(format_amount(minor, currency), currency) == minor
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1" * 5000, "0" * 4000 + "1.00", "١٢.٣٠", "12.3٠", "１２"],  # long, Arabic-Indic, fullwidth
+)
+def test_amounts_that_are_too_long_or_not_ascii_digits_are_refused_clearly(text: str) -> None:
+    with pytest.raises(InvalidAmount) as refused:
+        parse_amount(text, "EUR")
+    assert len(str(refused.value)) < 200  # the message never echoes thousands of digits
