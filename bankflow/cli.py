@@ -686,7 +686,7 @@ def dlq_replay(
 ) -> None:
     """Send dead letters back to their original topic (safe to repeat: ids dedupe)."""
     from bankflow.bootstrap import db_connect, kafka_producer
-    from bankflow.dead_letters import get, list_open, resolve
+    from bankflow.dead_letters import DeadLetterNotFound, claim, get, list_open, resolve
     from producers.intake import publish
 
     if (dead_letter_id is None) == (not replay_all):
@@ -700,14 +700,21 @@ def dlq_replay(
             if dead_letter_id is None
             else [get(conn, dead_letter_id)]
         )
-        for letter in letters:
-            if letter.status != "open":
-                console.print(f"dead letter {letter.id} is {letter.status} already; nothing sent")
+        for listed in letters:
+            # Claimed (locked), acknowledged by the broker, then marked replayed, in one
+            # transaction: a concurrent discard waits and then finds it replayed; a crash
+            # before the commit leaves it open and replays it again, which the transfer
+            # id makes harmless.
+            try:
+                with conn.transaction():
+                    letter = claim(conn, listed.id)
+                    publish(producer, letter.original_topic,
+                            [(letter.key or b"", letter.payload or b"")])  # fmt: skip
+                    resolve(conn, letter.id, "replay", _actor(), reason)
+            except DeadLetterNotFound:
+                now = get(conn, listed.id).status
+                console.print(f"dead letter {listed.id} is {now} already; nothing sent")
                 continue
-            # Acknowledged by the broker before it is marked replayed: a crash between the
-            # two replays it again, which the transfer id makes harmless.
-            publish(producer, letter.original_topic, [(letter.key or b"", letter.payload or b"")])
-            resolve(conn, letter.id, "replay", _actor(), reason)
             console.print(f"replayed dead letter {letter.id} to {letter.original_topic}")
 
 

@@ -71,9 +71,12 @@ def store(
         "insert into dead_letters (original_topic, original_partition, original_offset, key, "
         "payload, headers, error_class, reason, attempts, first_failure_at) "
         "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        # The same message again (a redelivery after a crash, or anyone writing it twice):
+        # one more attempt, and a letter already replayed or discarded stays so; it never
+        # reopens, so the next `replay --all` cannot send a discarded letter after all.
         "on conflict (original_topic, original_partition, original_offset) do update set "
         "attempts = dead_letters.attempts + 1, last_failure_at = now(), "
-        "reason = excluded.reason, error_class = excluded.error_class, status = 'open'",
+        "reason = excluded.reason, error_class = excluded.error_class",
         (
             topic, partition, offset, key, payload, Jsonb(headers),
             headers.get(h.ERROR_CLASS, "unknown"),
@@ -126,6 +129,24 @@ def get(conn: psycopg.Connection[Any], dead_letter_id: int) -> DeadLetter:
     ).fetchone()
     if found is None:
         raise DeadLetterNotFound(f"no dead letter {dead_letter_id}")
+    return found
+
+
+def claim(conn: psycopg.Connection[Any], dead_letter_id: int) -> DeadLetter:
+    """Lock an open dead letter until the caller's transaction ends.
+
+    ``bankflow dlq replay`` claims a letter, publishes it and marks it replayed in one
+    transaction: a ``discard`` of the same letter meanwhile waits for the lock and then
+    finds it replayed (and the other way round), so exactly one of them wins.
+    """
+    cursor = conn.cursor(row_factory=class_row(DeadLetter))
+    found = cursor.execute(
+        f"select {COLUMNS} from dead_letters where id = %s and status = 'open' "  # noqa: S608
+        "for update",
+        (dead_letter_id,),
+    ).fetchone()
+    if found is None:
+        raise DeadLetterNotFound(f"no open dead letter {dead_letter_id}")
     return found
 
 

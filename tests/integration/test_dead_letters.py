@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+from typing import Any
 
 import pytest
 
 from bankflow.bootstrap import kafka_producer
 from bankflow.settings import Settings
 from consumers.relay import relay_once
+from schemas import headers as h
+from schemas.topics import TRANSFERS_DLQ, TRANSFERS_REQUESTED
 from tests.integration.test_validator import (
     produce_requests,
     run_validator_until,
@@ -22,6 +26,7 @@ from tests.ledger_support import (
     produce_accepted,
     run_cli,
     transfer_count,
+    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -147,3 +152,85 @@ def test_a_request_that_exhausts_its_retry_tiers_is_dead_lettered_with_its_attem
     assert "Redis" in letter["reason"]
     assert letter["attempts"] == 3
     assert letter["first_failure_at"] < letter["last_failure_at"]
+
+
+def _dead_letter_headers(settings: Settings, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        (h.ORIGINAL_TOPIC, settings.topic(TRANSFERS_REQUESTED).encode()),
+        (h.ORIGINAL_PARTITION, b"0"),
+        (h.ORIGINAL_OFFSET, str(offset).encode()),
+        (h.ERROR_CLASS, b"PoisonMessage"),
+        (h.ERROR_MESSAGE, b"not a transfer"),
+    ]
+
+
+def test_a_discarded_dead_letter_delivered_again_stays_discarded(
+    settings: Settings, topics, db
+) -> None:
+    topics()
+    producer = kafka_producer(settings)
+    dlq = settings.topic(TRANSFERS_DLQ)
+    producer.produce(dlq, key=b"k", value=b"junk", headers=_dead_letter_headers(settings, 7))
+    assert producer.flush(30) == 0
+    sink_until(settings, 1)
+    (letter,) = json.loads(bankflow(settings, "dlq", "list", "--json").stdout)
+    assert (
+        bankflow(settings, "dlq", "discard", str(letter["id"]), "--reason", "junk").returncode == 0
+    )
+
+    # The same message again (a sink redelivery, or anyone writing it twice).
+    producer.produce(dlq, key=b"k", value=b"junk", headers=_dead_letter_headers(settings, 7))
+    assert producer.flush(30) == 0
+    sink_until(settings, 1)
+    assert json.loads(bankflow(settings, "dlq", "list", "--json").stdout) == []
+    replayed = bankflow(settings, "dlq", "replay", "--all")
+    assert replayed.returncode == 0 and "replayed" not in replayed.stderr
+    (again,) = json.loads(
+        bankflow(settings, "dlq", "list", "--status", "discarded", "--json").stdout
+    )
+    assert again["id"] == letter["id"] and again["attempts"] == 2
+
+
+def test_a_replay_and_a_discard_of_one_letter_at_once_exactly_one_wins(
+    settings: Settings, topics, db
+) -> None:
+    """The replay holds the letter (``claim``) while it publishes; the discard that comes
+    meanwhile waits for it and is then told the letter is no longer open."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.dead_letters import DeadLetterNotFound, claim, resolve, store
+
+    topics()
+    store(db, b"k", b"junk", {h.ORIGINAL_TOPIC: "t", h.ORIGINAL_PARTITION: "0",
+                              h.ORIGINAL_OFFSET: "1"}, ("t", 0, 1))  # fmt: skip
+    (letter_id,) = db.execute("select id from dead_letters").fetchone()
+    outcome: list[str] = []
+
+    def discard() -> None:
+        with db_connect(settings, autocommit=True) as other:
+            try:
+                resolve(other, letter_id, "discard", "cli:other", "at the same time")
+                outcome.append("discarded")
+            except DeadLetterNotFound:
+                outcome.append("told it is not open")
+
+    with db_connect(settings, autocommit=True) as replaying:
+        with replaying.transaction():
+            claim(replaying, letter_id)
+            racing = threading.Thread(target=discard)
+            racing.start()
+            # The discard is blocked on the claimed row: it cannot have an outcome yet.
+            wait_for(lambda: _waiting_on_a_lock(db), 30, "the discard to wait for the lock")
+            assert outcome == []
+            resolve(replaying, letter_id, "replay", "cli:me", None)
+        racing.join(30)
+    assert outcome == ["told it is not open"]
+    assert db.execute("select status from dead_letters").fetchone()[0] == "replayed"
+    assert db.execute("select action from dead_letter_actions").fetchall() == [("replay",)]
+
+
+def _waiting_on_a_lock(db: Any) -> bool:
+    row = db.execute(
+        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+        "and datname = current_database()"
+    ).fetchone()
+    return bool(row and row[0])
