@@ -156,7 +156,16 @@ def message_id(stream: BinaryIO) -> str:
 
 
 def parse_pain001(stream: BinaryIO) -> Iterator[BatchLine | LineError]:
-    """Every transaction as a line (``line`` counts transactions from 1), or its error."""
+    """Every transaction as a line (``line`` counts transactions from 1), or its error:
+    ``read_pain001`` with each line's references checked as every edge checks them."""
+    for line in read_pain001(stream):
+        yield checked(line)
+
+
+def read_pain001(stream: BinaryIO) -> Iterator[BatchLine]:
+    """Every transaction of the file as written, with its exact amount and currency,
+    before any of our rules judge it (a postal-account creditor is found here, and
+    refused by ``checked``)."""
     number = 0
     debtor_iban: str | None = None
     block_id = ""
@@ -168,7 +177,7 @@ def parse_pain001(stream: BinaryIO) -> Iterator[BatchLine | LineError]:
             block_id = (element.text or "").strip()
         elif event == "end" and name == TRANSACTION:
             number += 1
-            yield checked(_transaction(element, number, block_id, debtor_iban))
+            yield _transaction(element, number, block_id, debtor_iban)
             element.clear()
         elif event == "end" and name == PAYMENT_BLOCK:
             element.clear()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.ingest.pain001 import check_totals, parse_pain001
+from producers.ingest.pain001 import check_totals, parse_pain001, read_pain001
 from producers.ingest.records import BatchLine, FileRefused, LineError
 from producers.ingest.tabular import parse_csv, parse_jsonl
 
@@ -129,7 +129,12 @@ POSTAL_ACCOUNT_LINES = {"pain.001.001.03.ch.02.xml": [1, 2]}
 def test_every_sample_transaction_is_found_with_its_exact_amount(name: str) -> None:
     with (SAMPLES / name).open("rb") as stream:
         assert check_totals(stream) == len(EXPECTED[name])
+        found = list(read_pain001(stream))
+        stream.seek(0)
         items = list(parse_pain001(stream))
+    # Every transaction, postal-account creditors too, with its exact amount and currency
+    # (shared/samples/README.md); then the edge's reference rule judges each line.
+    assert [(ln.amount, ln.currency) for ln in found] == EXPECTED[name]
     assert len(items) == len(EXPECTED[name])
     postal = POSTAL_ACCOUNT_LINES.get(name, [])
     lines = [i for i in items if isinstance(i, BatchLine)]
