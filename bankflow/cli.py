@@ -514,7 +514,7 @@ def _wait_for_outcomes(
         with path.open("rb") as stream:
             original = message_id(stream)
         target = path.with_name(path.name + ".pain002.xml")
-        target.write_bytes(pain002(original, transfers, outcomes))
+        target.write_bytes(pain002(original, transfers, outcomes, report.refused_lines or ()))
         result["pain002"] = str(target)
     return result
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
@@ -105,17 +105,21 @@ def pain002(
     original_message_id: str,
     transfers: list[tuple[str, uuid.UUID]],
     outcomes: dict[uuid.UUID, Outcome],
+    refused: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """A pain.002.001.03 customer payment status report: accepted or rejected per transaction.
 
     ACCP for posted, RJCT (with the reason as a proprietary code) for rejected and
-    failed, PDNG for review and for anything still pending.
+    failed, PDNG for review and for anything still pending. ``refused`` are the
+    transactions refused at the edge (key, field): RJCT ``invalid_<field>``; nothing of
+    them was sent.
     """
     codes = {"posted": "ACCP", "rejected": "RJCT", "failed": "RJCT"}
+    rows = [(key, *outcomes.get(transfer_id, ("pending", None))) for key, transfer_id in transfers]
+    rows += [(key, "rejected", f"invalid_{field_name}") for key, field_name in refused]
     by_block: dict[str, list[str]] = {}
-    for key, transfer_id in transfers:
+    for key, status, reason in rows:
         block, end_to_end = key.removeprefix("pmtinf:").split("/e2e:", 1)
-        status, reason = outcomes.get(transfer_id, ("pending", None))
         code = codes.get(status, "PDNG")
         why = (
             f"<StsRsnInf><Rsn><Prtry>{escape(reason)}</Prtry></Rsn></StsRsnInf>"
@@ -126,7 +130,7 @@ def pain002(
             f"<TxInfAndSts><OrgnlEndToEndId>{escape(end_to_end)}</OrgnlEndToEndId>"
             f"<TxSts>{code}</TxSts>{why}</TxInfAndSts>"
         )
-    all_codes = {codes.get(outcomes.get(t, ("pending", None))[0], "PDNG") for _, t in transfers}
+    all_codes = {codes.get(status, "PDNG") for _, status, _ in rows}
     group = all_codes.pop() if len(all_codes) == 1 else "PART"
     blocks = "".join(
         f"<OrgnlPmtInfAndSts><OrgnlPmtInfId>{escape(b)}</OrgnlPmtInfId>"

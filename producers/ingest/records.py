@@ -48,6 +48,9 @@ class LineError:
     line: int
     field: str
     reason: str
+    #: The refused transaction's ``BatchLine.key`` where the line was read that far (a
+    #: pain.002 reports a refused pain.001 transaction by its ids).
+    key: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"line": self.line, "field": self.field, "reason": self.reason}
@@ -62,15 +65,15 @@ def checked(line: BatchLine) -> BatchLine | LineError:
     ``--debtor-account``. The amount's length is bounded before anything converts it.
     """
     if len(line.amount) > AMOUNT_TEXT_MAX:
-        return LineError(line.line, "amount", f"longer than {AMOUNT_TEXT_MAX} characters")
+        return LineError(line.line, "amount", f"longer than {AMOUNT_TEXT_MAX} characters", line.key)
     debit = line.debit_account
     try:
         if debit is not None:
             debit = parse_account_reference(debit)
     except InvalidAccountReference as exc:
-        return LineError(line.line, "debit_account", str(exc))
+        return LineError(line.line, "debit_account", str(exc), line.key)
     try:
         credit = parse_account_reference(line.credit_account)
     except InvalidAccountReference as exc:
-        return LineError(line.line, "credit_account", str(exc))
+        return LineError(line.line, "credit_account", str(exc), line.key)
     return dataclasses.replace(line, debit_account=debit, credit_account=credit)

@@ -10,6 +10,7 @@ the good lines go on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -67,8 +68,13 @@ class IngestReport:
     resumed_from: int = 0
     #: (transaction key, transfer id) of every request, kept only when asked (--wait).
     transfers: list[tuple[str, uuid.UUID]] | None = None
+    #: (transaction key, refused field) of every line refused before it was sent, kept
+    #: with ``transfers`` (unlike ``errors``, not cut at ``ERRORS_LISTED_MAX``).
+    refused_lines: list[tuple[str, str]] | None = None
 
     def add_error(self, error: LineError) -> None:
+        if self.refused_lines is not None and error.key is not None:
+            self.refused_lines.append((error.key, error.field))
         self.error_count += 1
         if len(self.errors) < ERRORS_LISTED_MAX:
             self.errors.append(error)
@@ -249,7 +255,10 @@ def ingest(
     chunk; ``skip`` resumes after that many lines (the inbox watcher's checkpoint).
     Skipped lines still name the file's customer, so the one-customer rule holds.
     """
-    report = IngestReport(str(path), resumed_from=skip, transfers=[] if keep_ids else None)
+    report = IngestReport(
+        str(path), resumed_from=skip, transfers=[] if keep_ids else None,
+        refused_lines=[] if keep_ids else None,
+    )  # fmt: skip
     try:
         report.format = fmt or detect_format(path)
         report.sha256 = file_digest(path)
@@ -279,18 +288,17 @@ def ingest(
                             _with_debtor(item, debtor_account) if debtor_account else item
                         )
                     continue
-                outcome = (
-                    item
-                    if isinstance(item, LineError)
-                    else to_request(item, ids, resolver, debtor_account, requested_at)
-                )
+                if isinstance(item, LineError):
+                    report.add_error(item)
+                    continue
+                outcome = to_request(item, ids, resolver, debtor_account, requested_at)
                 if isinstance(outcome, LineError):
-                    report.add_error(outcome)
+                    report.add_error(dataclasses.replace(outcome, key=item.key))
                     continue
                 transfer_id, key, value = outcome
                 chunk.append((key, value))
                 if report.transfers is not None:
-                    report.transfers.append((item.key, transfer_id))  # type: ignore[union-attr]
+                    report.transfers.append((item.key, transfer_id))
                 if len(chunk) >= CHUNK:
                     _send(producer, topic, chunk, report, progress)
         except FileRefused as exc:

@@ -232,8 +232,10 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
     assert "<GrpSts>ACCP</GrpSts>" in plain and plain.count("<TxSts>ACCP</TxSts>") == 2
     assert "<OrgnlEndToEndId>OriginatorID1234</OrgnlEndToEndId>" in plain
     swiss = Path(reports[1]["pain002"]).read_text()
-    assert "<GrpSts>RJCT</GrpSts>" in swiss and swiss.count("<TxSts>RJCT</TxSts>") == 1
+    # Every transaction of the file has its status: the two refused at the edge too.
+    assert "<GrpSts>RJCT</GrpSts>" in swiss and swiss.count("<TxSts>RJCT</TxSts>") == 3
     assert "<Prtry>external_not_supported</Prtry>" in swiss
+    assert swiss.count("<Prtry>invalid_credit_account</Prtry>") == 2
 
 
 def test_bad_account_references_are_bad_lines_and_the_good_lines_go_on(
