@@ -452,6 +452,7 @@ def ingest_file(
     """Turn every transaction of a file into a transfer request; report bad lines."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from producers.ingest.outcomes import decision_positions
     from producers.ingest.run import FORMATS, ingest
 
     if file_format is not None and file_format not in FORMATS:
@@ -473,13 +474,13 @@ def ingest_file(
             rate = lines / max(time.monotonic() - started, 1e-6)
             bar.update(task, description=f"{path.name}: {lines:,} lines, {rate:,.0f} lines/s")
 
-        since_ms = int(time.time() * 1000) - 5_000  # a margin for the broker's clock
+        positions = decision_positions(settings) if wait else []
         report = ingest(
             settings, path, file_format, debtor_account, progress=progress, keep_ids=wait
         )
     document = report.as_dict()
     if wait and not report.refused:
-        document.update(_wait_for_outcomes(settings, path, report, since_ms, wait_timeout))
+        document.update(_wait_for_outcomes(settings, path, report, positions, wait_timeout))
     if as_json:
         _print_json(document)
     else:
@@ -502,13 +503,13 @@ def ingest_file(
 
 
 def _wait_for_outcomes(
-    settings: Settings, path: Path, report: Any, since_ms: int, timeout_s: float
+    settings: Settings, path: Path, report: Any, positions: list[Any], timeout_s: float
 ) -> dict[str, Any]:
     from producers.ingest.outcomes import follow, pain002, summarise
     from producers.ingest.pain001 import message_id
 
     transfers = report.transfers or []
-    outcomes = follow(settings, [t for _, t in transfers], since_ms, timeout_s)
+    outcomes = follow(settings, [t for _, t in transfers], positions, timeout_s)
     result = summarise(outcomes)
     if report.format == "pain001":
         with path.open("rb") as stream:

@@ -31,13 +31,43 @@ POLL_S = 1.0
 Outcome = tuple[str, str | None]  # status, reason
 
 
+def decision_positions(settings: Settings) -> list[TopicPartition]:
+    """Where the rejections and holds end now: taken before a file is ingested, so every
+    decision about its transfers lies at or after these offsets.
+
+    Offsets, not a time: a start found by timestamp missed a rejection whose transaction
+    was still open when it was looked up (a CI run waited two minutes for one).
+    """
+    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}ingest-wait")
+    positions = []
+    try:
+        for name in (TRANSFERS_REJECTED, TRANSFERS_REVIEW):
+            topic = settings.topic(name)
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                continue
+            for p in metadata.partitions:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10, cached=False
+                )
+                positions.append(TopicPartition(topic, p, high))
+    finally:
+        consumer.close()
+    return positions
+
+
 def follow(
-    settings: Settings, transfer_ids: Iterable[uuid.UUID], since_ms: int, timeout_s: float
+    settings: Settings,
+    transfer_ids: Iterable[uuid.UUID],
+    positions: list[TopicPartition],
+    timeout_s: float,
 ) -> dict[uuid.UUID, Outcome]:
-    """Wait until every id is posted, failed, rejected or in review, or the time is up."""
+    """Wait until every id is posted, failed, rejected or in review, or the time is up;
+    decisions are read from ``positions`` (``decision_positions`` before the ingest)."""
     pending = set(transfer_ids)
     outcomes: dict[uuid.UUID, Outcome] = {}
-    consumer = _decisions_consumer(settings, since_ms)
+    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}ingest-wait")
+    consumer.assign(positions)
     deadline = time.monotonic() + timeout_s
     try:
         with db_connect(settings, autocommit=True) as conn:
@@ -58,20 +88,6 @@ def follow(
     for transfer_id in pending:
         outcomes[transfer_id] = ("pending", None)
     return outcomes
-
-
-def _decisions_consumer(settings: Settings, since_ms: int) -> Any:
-    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}ingest-wait")
-    partitions = []
-    for name in (TRANSFERS_REJECTED, TRANSFERS_REVIEW):
-        topic = settings.topic(name)
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            continue
-        partitions += [TopicPartition(topic, p, since_ms) for p in metadata.partitions]
-    starts = consumer.offsets_for_times(partitions, timeout=10) if partitions else []
-    consumer.assign(starts)
-    return consumer
 
 
 def _read_decisions(
