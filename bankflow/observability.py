@@ -126,44 +126,6 @@ def serve_metrics(
 # Readiness checks the worker services share; each is cheap enough for every probe.
 
 
-class Assignment:
-    """The partitions a Kafka consumer's group gave it, for a readiness probe.
-
-    A consumer is ready once it holds a partition (an instance beyond the topic's
-    partition count stays unready: it is a standby). confluent-kafka's consumer must
-    not be asked from the probe's thread: ``assignment()`` blocks while the service's
-    thread is inside ``consume()``. So the set is kept from the rebalance callbacks,
-    which run on the consuming thread, and the probe only reads it.
-    """
-
-    def __init__(self) -> None:
-        self.partitions: set[tuple[str, int]] = set()
-
-    def subscribe(
-        self,
-        consumer: Any,
-        topics: list[str],
-        on_assign: Callable[[Any, list[Any]], None] | None = None,
-        on_revoke: Callable[[Any, list[Any]], None] | None = None,
-    ) -> None:
-        """``consumer.subscribe(topics)``, keeping track; the callbacks run after ours."""
-
-        def assigned(c: Any, partitions: list[Any]) -> None:
-            self.partitions.update((p.topic, p.partition) for p in partitions)
-            if on_assign is not None:
-                on_assign(c, partitions)
-
-        def revoked(c: Any, partitions: list[Any]) -> None:
-            self.partitions.difference_update((p.topic, p.partition) for p in partitions)
-            if on_revoke is not None:
-                on_revoke(c, partitions)
-
-        consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=revoked)
-
-    def ready(self) -> bool:
-        return bool(self.partitions)
-
-
 def connection_alive(conn: Any) -> bool:
     """A psycopg connection that is neither closed nor broken (it does not query)."""
     return not conn.closed and not conn.broken

@@ -231,13 +231,19 @@ class StageRunner(Generic[S]):
 
     # -- the three commit strategies ---------------------------------------------------
 
-    def _in_transaction(self, messages: list[Message]) -> None:
-        batches: list[tuple[Batch, list[Output]]] = []
+    def _processed(self, messages: list[Message]) -> list[tuple[Batch, list[Output]]]:
+        """Each part of ``messages`` with its outputs, poison contained (the two strategies
+        that commit after processing: a Kafka transaction, a commit after the effect)."""
+        done: list[tuple[Batch, list[Output]]] = []
         self._contained(
             messages,
-            lambda part: batches.append((Batch(part), self.stage.process(Batch(part)))),
-            lambda m, error: batches.append((Batch([m]), self._poisoned(m, error, Batch([m])))),
+            lambda part: done.append((Batch(part), self.stage.process(Batch(part)))),
+            lambda m, error: done.append((Batch([m]), self._poisoned(m, error, Batch([m])))),
         )
+        return done
+
+    def _in_transaction(self, messages: list[Message]) -> None:
+        batches = self._processed(messages)
         outputs = [o for _, out in batches for o in out]
         producer = self.producer
         producer.begin_transaction()
@@ -262,12 +268,7 @@ class StageRunner(Generic[S]):
             self.stage.committed(batch, out)
 
     def _after_effect(self, messages: list[Message]) -> None:
-        done: list[tuple[Batch, list[Output]]] = []
-        self._contained(
-            messages,
-            lambda part: done.append((Batch(part), self.stage.process(Batch(part)))),
-            lambda m, error: done.append((Batch([m]), self._poisoned(m, error, Batch([m])))),
-        )
+        done = self._processed(messages)
         self._deliver([o for _, out in done for o in out])
         try:
             self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
