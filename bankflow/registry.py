@@ -49,6 +49,13 @@ class Service:
             return f"{settings.topic_prefix}{self.group_name}"
         return None
 
+    def consumer_group(self, settings: Settings) -> str:
+        """``group_id`` for a service that reads Kafka (a KeyError names one that does not)."""
+        group = self.group_id(settings)
+        if group is None:
+            raise KeyError(f"{self.name} has no consumer group in the registry")
+        return group
+
     def metrics_port(self, settings: Settings) -> int | None:
         """The port it serves metrics on with ``settings`` (0: a free one)."""
         if self.metrics_port_setting is None:

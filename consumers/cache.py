@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from bankflow.balance_cache import BalanceCache
 from bankflow.bootstrap import db_connect_async, kafka_consumer, redis_async
 from bankflow.ledger.account_store import balance_snapshots
+from bankflow.registry import service
 from bankflow.settings import Settings
 from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
 from schemas.topics import TRANSFERS_POSTED
@@ -51,7 +52,8 @@ REDIS_TIMEOUT_S = 2.0
 
 
 def group_id(settings: Settings) -> str:
-    return f"{settings.topic_prefix}bankflow-cache"
+    """The agent's consumer group, as the service registry names it."""
+    return service("cache").consumer_group(settings)
 
 
 class CacheUpdater:

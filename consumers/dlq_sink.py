@@ -20,6 +20,7 @@ from bankflow.bootstrap import db_connect, kafka_consumer
 from bankflow.dead_letters import store
 from bankflow.metrics import GAUGE_REFRESH_S, DeadLetterMetrics, logical_topic, registered
 from bankflow.observability import connection_alive
+from bankflow.registry import service
 from bankflow.settings import Settings
 from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
 from bankflow.streaming.kafka import position
@@ -145,7 +146,8 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
 
 def build(settings: Settings) -> StageRunner[DeadLetterSink]:
     """The composition root: the sink's consumer and database connection."""
-    consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}bankflow-dlq-sink")
+    group = service("dlq-sink").consumer_group(settings)
+    consumer = kafka_consumer(settings, group_id=group)
     return StageRunner(settings, DeadLetterSink(settings, _connect(settings)), consumer)
 
 
