@@ -152,7 +152,14 @@ def test_two_validator_instances_share_the_partitions_and_one_dying_loses_nothin
         # committed decisions on its own partitions (and not the whole stream yet).
         wait_for(lambda: committed_progress(settings, mine) > 0, 60, "first to commit its own")
         first.send_signal(signal.SIGSTOP)  # hold it still while its share is measured
-        own_at_kill, killed_at = committed_progress(settings, mine), committed_progress(settings)
+        # Read again while the coordinator answers "busy" (-1): both are known before the kill.
+        own_at_kill, killed_at = -1, -1
+        for _ in range(50):  # bounded: a few seconds of retries
+            own_at_kill = committed_progress(settings, mine)
+            killed_at = committed_progress(settings)
+            if own_at_kill >= 0 and killed_at >= 0:
+                break
+            time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         wait_for(lambda: committed_progress(settings) >= len(requests), 120, "the survivor")
