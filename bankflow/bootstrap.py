@@ -16,11 +16,86 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from bankflow import logs
 from bankflow.settings import Settings
 
 
-def kafka_admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+def kafka_client_config(settings: Settings, *, service: str | None = None) -> dict[str, Any]:
+    """The librdkafka settings every Kafka client shares: the brokers, TLS and SASL.
+
+    ``service`` picks the SASL principal (``Settings.kafka_sasl_credentials``); it is
+    the process's own by default, which ``bankflow run NAME`` sets, while tools run as
+    "bankflow" and take the common principal. Holds the SASL password: never log it.
+    """
+    protocol = settings.kafka_security_protocol
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": protocol,
+    }
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        username, password = settings.kafka_sasl_credentials(service or logs.service())
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = username
+        config["sasl.password"] = password.get_secret_value()
+    if protocol in ("SSL", "SASL_SSL"):
+        for key, path in (
+            ("ssl.ca.location", settings.kafka_ssl_ca_location),
+            ("ssl.certificate.location", settings.kafka_ssl_certificate_location),
+            ("ssl.key.location", settings.kafka_ssl_key_location),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        if settings.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+    return config
+
+
+def _client_config(
+    settings: Settings, config: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The shared settings, then a client's own, then the caller's tuning; tuning may
+    not replace where the brokers are or how the client authenticates."""
+    common = kafka_client_config(settings)
+    clash = sorted(common.keys() & overrides.keys())
+    if clash:
+        raise ValueError(f"{clash} come from the settings (kafka_client_config), not overrides")
+    return {**common, **config, **overrides}
+
+
+def faust_broker_options(settings: Settings, *, service: str | None = None) -> dict[str, Any]:
+    """``faust.App`` keyword arguments for the same brokers, TLS and SASL principal as
+    ``kafka_client_config``: ``broker`` and ``broker_credentials``."""
+    # Imported here: only faust apps pay for importing faust.
+    import faust
+    from aiokafka.helpers import create_ssl_context
+
+    protocol = settings.kafka_security_protocol
+    brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")]
+    ssl_context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        key_password = settings.kafka_ssl_key_password
+        ssl_context = create_ssl_context(
+            cafile=settings.kafka_ssl_ca_location,
+            certfile=settings.kafka_ssl_certificate_location,
+            keyfile=settings.kafka_ssl_key_location,
+            password=None if key_password is None else key_password.get_secret_value(),
+        )
+    credentials: faust.auth.Credentials | None = None
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        username, password = settings.kafka_sasl_credentials(service or logs.service())
+        credentials = faust.SASLCredentials(
+            username=username,
+            password=password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    elif ssl_context is not None:
+        credentials = faust.SSLCredentials(ssl_context)
+    return {"broker": brokers, "broker_credentials": credentials}
+
+
+def kafka_admin(settings: Settings, **overrides: Any) -> AdminClient:
+    return AdminClient(_client_config(settings, {}, overrides))
 
 
 def kafka_producer(
@@ -28,7 +103,6 @@ def kafka_producer(
 ) -> Producer:
     """An idempotent producer (acks=all); transactional when given a transactional id."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
         "enable.idempotence": True,
         "acks": "all",
         # Bounded: a produce that cannot be delivered within this window is reported, not kept.
@@ -38,22 +112,19 @@ def kafka_producer(
     }
     if transactional_id is not None:
         config["transactional.id"] = transactional_id
-    config.update(overrides)
-    return Producer(config)
+    return Producer(_client_config(settings, config, overrides))
 
 
 def kafka_consumer(settings: Settings, *, group_id: str, **overrides: Any) -> Consumer:
     """A consumer that never commits on its own and sees only committed transactions."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": group_id,
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
     }
-    config.update(overrides)
-    return Consumer(config)
+    return Consumer(_client_config(settings, config, overrides))
 
 
 def db_connect(

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import RETRY_TIERS_S, all_topics, retry_topic
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         env_file=default_state_dir() / "stack.env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # A refused value must not print the input: it holds the secrets (SASL and key
+        # passwords, the JWT secret) next to the setting at fault.
+        hide_input_in_errors=True,
     )
 
     env: Literal["dev", "test", "staging", "prod"] = "dev"
@@ -60,6 +63,66 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1)
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
+
+    # ---- Kafka security: TLS and SASL for every Kafka client (docs/security.md) ----
+    # ``bankflow.bootstrap.kafka_client_config`` turns these into librdkafka's keys and
+    # ``faust_broker_options`` into faust's; no client is built without them.
+    #: PLAINTEXT (the local stack), SSL (TLS), SASL_PLAINTEXT or SASL_SSL.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: Required with SASL_*. SCRAM never sends the password; PLAIN does (so: over TLS).
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    #: The principal of tools (``bankflow ingest``, ``dlq replay``) and of every service
+    #: without one of its own below.
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    #: A principal per service, keyed by its ``bankflow run`` name, so each one's ACLs
+    #: grant only what it needs: JSON objects such as ``{"poster": "bankflow-poster"}``
+    #: and ``{"poster": "<its password>"}``; a service in one needs an entry in the other.
+    kafka_sasl_service_usernames: dict[str, str] = Field(default_factory=dict)
+    kafka_sasl_service_passwords: dict[str, SecretStr] = Field(default_factory=dict)
+    #: TLS: the PEM bundle of the CA(s) that signed the brokers' certificates (the
+    #: system's trust store when unset); a client certificate and key for mutual TLS.
+    kafka_ssl_ca_location: Path | None = None
+    kafka_ssl_certificate_location: Path | None = None
+    kafka_ssl_key_location: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _kafka_names_in_upper_case(cls, value: object) -> object:
+        # librdkafka reads "sasl_ssl" as well as "SASL_SSL"; so do we.
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location",
+        "kafka_ssl_key_location",
+        "kafka_ssl_key_password",
+        mode="before",
+    )
+    @classmethod
+    def _kafka_empty_is_unset(cls, value: object) -> object:
+        # An empty variable (compose's ``${VAR:-}``) means "not set", not the path ".".
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        _check_kafka_sasl(self)
+        _check_kafka_tls(self)
+        return self
+
+    def kafka_sasl_credentials(self, service: str) -> tuple[str, SecretStr]:
+        """The SASL username and password ``service`` connects with: its own if it has
+        one, else the common one."""
+        if service in self.kafka_sasl_service_usernames:
+            return (
+                self.kafka_sasl_service_usernames[service],
+                self.kafka_sasl_service_passwords[service],
+            )
+        return self.kafka_sasl_username, self.kafka_sasl_password
+
+    # ---- end of Kafka security ----
 
     # PostgreSQL. ``db_schema`` lets tests (and tenants) live side by side in one database.
     database_url: str = ""
@@ -234,6 +297,110 @@ def _check_retry_tiers(tiers: dict[str, int]) -> None:
         retry_topic(name)  # raises on a name that cannot be part of a topic name
     if any(d <= 0 for d in delays) or delays != sorted(delays):
         raise ValueError(f"BANKFLOW_RETRY_TIERS delays must be positive and increasing: {tiers}")
+
+
+# ---- Kafka security checks (the "Kafka security" block of Settings) ----
+
+_KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+_KAFKA_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+def _check_kafka_sasl(s: Settings) -> None:
+    """SASL settings only with a SASL protocol, and then complete. Messages name the
+    variables, never their values."""
+    protocol = f"BANKFLOW_KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol}"
+    users, passwords = s.kafka_sasl_service_usernames, s.kafka_sasl_service_passwords
+    if s.kafka_security_protocol not in _KAFKA_SASL_PROTOCOLS:
+        given = [
+            f"BANKFLOW_KAFKA_SASL_{name}"
+            for name, value in (
+                ("MECHANISM", s.kafka_sasl_mechanism),
+                ("USERNAME", s.kafka_sasl_username),
+                ("PASSWORD", s.kafka_sasl_password.get_secret_value()),
+                ("SERVICE_USERNAMES", users),
+                ("SERVICE_PASSWORDS", passwords),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} set, but {protocol} does not authenticate with SASL: "
+                "use SASL_SSL (or SASL_PLAINTEXT), or unset them"
+            )
+        return
+    if s.kafka_sasl_mechanism is None:
+        raise ValueError(
+            f"{protocol} needs BANKFLOW_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+        )
+    if not s.kafka_sasl_username or not s.kafka_sasl_password.get_secret_value():
+        raise ValueError(
+            f"{protocol} needs BANKFLOW_KAFKA_SASL_USERNAME and BANKFLOW_KAFKA_SASL_PASSWORD "
+            "(the principal of tools and of services without their own)"
+        )
+    _check_kafka_service_principals(users, passwords)
+    in_clear = s.kafka_security_protocol == "SASL_PLAINTEXT" and s.kafka_sasl_mechanism == "PLAIN"
+    if in_clear and s.env in ("staging", "prod"):
+        raise ValueError(
+            f"BANKFLOW_KAFKA_SASL_MECHANISM=PLAIN with {protocol} sends passwords in clear; "
+            f"BANKFLOW_ENV={s.env} needs SASL_SSL or a SCRAM mechanism"
+        )
+
+
+def _check_kafka_service_principals(users: dict[str, str], passwords: dict[str, SecretStr]) -> None:
+    # Imported here: the registry imports this module for its Settings type.
+    from bankflow.registry import BY_NAME
+
+    if set(users) != set(passwords):
+        raise ValueError(
+            "BANKFLOW_KAFKA_SASL_SERVICE_USERNAMES and BANKFLOW_KAFKA_SASL_SERVICE_PASSWORDS "
+            f"must name the same services; in only one: {sorted(set(users) ^ set(passwords))}"
+        )
+    unknown = sorted(set(users) - set(BY_NAME))
+    if unknown:
+        raise ValueError(
+            f"BANKFLOW_KAFKA_SASL_SERVICE_USERNAMES names no bankflow service: {unknown}; "
+            f"known: {sorted(BY_NAME)}"
+        )
+    empty = sorted(n for n in users if not users[n] or not passwords[n].get_secret_value())
+    if empty:
+        raise ValueError(
+            f"BANKFLOW_KAFKA_SASL_SERVICE_USERNAMES/PASSWORDS: empty entries for {empty}"
+        )
+
+
+def _check_kafka_tls(s: Settings) -> None:
+    """TLS files only with a TLS protocol; each one given must be a file; mutual TLS
+    needs the certificate and its key together."""
+    locations = {
+        "BANKFLOW_KAFKA_SSL_CA_LOCATION": s.kafka_ssl_ca_location,
+        "BANKFLOW_KAFKA_SSL_CERTIFICATE_LOCATION": s.kafka_ssl_certificate_location,
+        "BANKFLOW_KAFKA_SSL_KEY_LOCATION": s.kafka_ssl_key_location,
+    }
+    given = [name for name, path in locations.items() if path is not None]
+    if s.kafka_ssl_key_password is not None:
+        given.append("BANKFLOW_KAFKA_SSL_KEY_PASSWORD")
+    if s.kafka_security_protocol not in _KAFKA_TLS_PROTOCOLS:
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} set, but BANKFLOW_KAFKA_SECURITY_PROTOCOL="
+                f"{s.kafka_security_protocol} does not use TLS: use SSL or SASL_SSL, or unset them"
+            )
+        return
+    for name, path in locations.items():
+        if path is not None and not path.is_file():
+            raise ValueError(f"{name}={path}: no such file")
+    if (s.kafka_ssl_certificate_location is None) != (s.kafka_ssl_key_location is None):
+        raise ValueError(
+            "mutual TLS needs BANKFLOW_KAFKA_SSL_CERTIFICATE_LOCATION and "
+            "BANKFLOW_KAFKA_SSL_KEY_LOCATION together"
+        )
+    if s.kafka_ssl_key_password is not None and s.kafka_ssl_key_location is None:
+        raise ValueError(
+            "BANKFLOW_KAFKA_SSL_KEY_PASSWORD given without BANKFLOW_KAFKA_SSL_KEY_LOCATION"
+        )
+
+
+# ---- end of Kafka security checks ----
 
 
 @lru_cache(maxsize=1)

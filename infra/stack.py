@@ -30,8 +30,8 @@ from typing import Any, Literal
 import psycopg
 import redis
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
+from bankflow.bootstrap import kafka_admin
 from bankflow.errors import StackError
 from bankflow.settings import Settings
 
@@ -258,12 +258,8 @@ class LocalStack:
     def _kafka_answers(self) -> bool:
         # log_level 0: a probe that expects "connection refused" while the broker starts
         # must not flood the terminal with librdkafka's complaints about it.
-        admin = AdminClient(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "socket.connection.setup.timeout.ms": 2000,
-                "log_level": 0,
-            }
+        admin = kafka_admin(
+            self.settings, **{"socket.connection.setup.timeout.ms": 2000, "log_level": 0}
         )
         try:
             admin.list_topics(timeout=3)

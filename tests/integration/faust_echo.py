@@ -1,6 +1,7 @@
 """A trivial faust-streaming app used by test_faust_agent: it upper-cases what it reads.
 
-Run as ``python -m tests.integration.faust_echo worker`` with FAUST_ECHO_* variables.
+Run as ``python -m tests.integration.faust_echo worker`` with FAUST_ECHO_* variables;
+it reaches the brokers the ``BANKFLOW_*`` settings name, as a faust service of ours would.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ import os
 
 import faust
 
+from bankflow.bootstrap import faust_broker_options
+from bankflow.settings import Settings
+
 app = faust.App(
     os.environ["FAUST_ECHO_APP_ID"],
-    broker=f"kafka://{os.environ['FAUST_ECHO_BOOTSTRAP']}",
+    **faust_broker_options(Settings()),
     store="memory://",
     web_enabled=False,
     topic_partitions=1,

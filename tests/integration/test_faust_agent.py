@@ -26,7 +26,7 @@ def test_a_faust_agent_reads_and_writes_through_the_broker(settings: Settings, t
     env = {
         **os.environ,
         "FAUST_ECHO_APP_ID": f"{settings.topic_prefix}faust-echo",
-        "FAUST_ECHO_BOOTSTRAP": settings.kafka_bootstrap,
+        "BANKFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "FAUST_ECHO_SOURCE": source,
         "FAUST_ECHO_SINK": sink,
     }
