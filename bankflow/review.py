@@ -7,6 +7,14 @@ the same transaction; the relay publishes it. An approval publishes the accepted
 transfer as the validator wrote it to ``transfers.accepted`` (the poster dedupes on
 the transfer id), a rejection a ``RejectedTransfer`` to ``transfers.rejected``.
 
+The ledger is the truth: a held transfer that is already in ``transfers`` (a copy of
+it was posted, or failed) is never decided. The decision's transaction first marks
+such a row ``superseded``, and the claim refuses a transfer in the ledger; the
+tracker supersedes held rows too as the ledger's events arrive. A reviewer racing a
+posting that commits between the two reads can still record a decision, but nothing
+moves twice: the poster books a transfer id once, and the tracker ranks the ledger's
+outcome above any rejection.
+
 The SQL and the event building are shared by the API (async) and the tracker's
 review timeout (sync); each runs them on its own kind of connection.
 """
@@ -34,8 +42,18 @@ REVIEW_REJECTED = "review_rejected"
 CLAIM_SQL = (
     "update review_queue set status = %(status)s, decided_by = %(actor)s, "
     "decided_at = now(), note = %(note)s "
-    "where transfer_id = %(transfer_id)s and status = 'held' returning payload"
+    "where transfer_id = %(transfer_id)s and status = 'held' "
+    "and not exists (select 1 from transfers t where t.id = %(transfer_id)s) returning payload"
 )
+#: Held rows whose transfer is in the ledger, closed so that nobody can decide them.
+SUPERSEDE_HELD_SQL = (
+    "update review_queue r set status = 'superseded', decided_by = 'system:ledger', "
+    "decided_at = now(), note = 'in the ledger as ' || t.status "
+    "from transfers t where t.id = r.transfer_id and r.status = 'held'"
+)
+#: Run before ``CLAIM_SQL`` in the same transaction, so the claim (and any later one)
+#: of a transfer in the ledger answers "not held".
+SUPERSEDE_ONE_SQL = SUPERSEDE_HELD_SQL + " and r.transfer_id = %(transfer_id)s"
 EXPIRED_SQL = (
     "select transfer_id from review_queue where status = 'held' "
     "and held_at < now() - make_interval(secs => %s) order by held_at limit %s"
@@ -99,16 +117,20 @@ def decide(
     actor: str,
     note: str | None = None,
 ) -> OutboxEvent:
-    """Decide one held transfer (its own transaction); ``ReviewNotHeld`` if it is not held."""
+    """Decide one held transfer (its own transaction); ``ReviewNotHeld`` if it is not held
+    (unknown, decided, or in the ledger: then it is closed as superseded)."""
+    event = None
     with conn.transaction():
+        conn.execute(SUPERSEDE_ONE_SQL, {"transfer_id": transfer_id})
         row = conn.execute(
             CLAIM_SQL,
             {"status": decision, "actor": actor, "note": note, "transfer_id": transfer_id},
         ).fetchone()
-        if row is None:
-            raise ReviewNotHeld(f"transfer {transfer_id} is not held for review")
-        event = decision_event(settings, bytes(row[0]), decision, actor)
-        conn.execute(OUTBOX_SQL, event.params())
+        if row is not None:
+            event = decision_event(settings, bytes(row[0]), decision, actor)
+            conn.execute(OUTBOX_SQL, event.params())
+    if event is None:
+        raise ReviewNotHeld(f"transfer {transfer_id} is not held for review")
     return event
 
 
@@ -116,8 +138,17 @@ def decide(
 EXPIRE_BATCH_MAX = 500
 
 
+def supersede_held(conn: psycopg.Connection[Any]) -> int:
+    """Close every held row whose transfer is in the ledger; how many were closed."""
+    return conn.execute(SUPERSEDE_HELD_SQL).rowcount
+
+
 def expire_reviews(conn: psycopg.Connection[Any], settings: Settings) -> int:
-    """Reject every held transfer older than ``review_timeout_s`` (reason review_timeout)."""
+    """Reject every held transfer older than ``review_timeout_s`` (reason review_timeout).
+
+    Held transfers already in the ledger are superseded first, never timed out.
+    """
+    supersede_held(conn)
     expired = conn.execute(EXPIRED_SQL, (settings.review_timeout_s, EXPIRE_BATCH_MAX)).fetchall()
     done = 0
     for (transfer_id,) in expired:
@@ -125,5 +156,5 @@ def expire_reviews(conn: psycopg.Connection[Any], settings: Settings) -> int:
             decide(conn, settings, transfer_id, decision="timed_out", actor="system:review-timeout")
             done += 1
         except ReviewNotHeld:
-            continue  # a reviewer decided it in the meantime
+            continue  # a reviewer decided it in the meantime, or it reached the ledger
     return done

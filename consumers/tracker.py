@@ -8,6 +8,13 @@ are read does not matter, and every write is idempotent: the tracker is
 at-least-once, its Kafka offsets committed by the stage runtime after the database
 transaction (``AfterEffect``).
 
+The ledger is the truth. Its outcomes (posted, failed) rank above a refusal, so a
+transfer id that was rejected (by the rules or a reviewer) and also posted, through a
+copy, shows ``posted``; nothing replaces posted or failed. An outcome event is
+recorded as the ``transfers`` table has it, where the ledger has the transfer. A
+transfer already in the ledger is never queued for review, and a held row whose
+transfer reaches the ledger is closed as ``superseded``.
+
 Every ``REVIEW_TIMEOUT_CHECK_S`` it also rejects held transfers that no reviewer
 decided within ``review_timeout_s``.
 """
@@ -18,7 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +37,7 @@ from bankflow.bootstrap import db_connect, kafka_consumer
 from bankflow.failures import PoisonMessage
 from bankflow.metrics import TrackerMetrics, registered
 from bankflow.observability import connection_alive
-from bankflow.review import expire_reviews
+from bankflow.review import SUPERSEDE_HELD_SQL, expire_reviews
 from bankflow.settings import Settings
 from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
 from bankflow.streaming.stage import dead_letter_output
@@ -114,11 +121,20 @@ HISTORY_SQL = (
     "insert into transfer_status_history (transfer_id, status, reasons, at) "
     "values (%s, %s, %s, %s) on conflict do nothing"
 )
+#: A held transfer is queued only if the ledger does not have it yet; one that reaches
+#: the ledger later is superseded when its event arrives (``SUPERSEDE_SQL``).
 REVIEW_SQL = (
-    "insert into review_queue (transfer_id, payload, debit_account_id, amount_minor, currency, "
-    "risk_score, reasons, ruleset_version) values (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "insert into review_queue (transfer_id, payload, debit_account_id, credit_account_id, "
+    "amount_minor, currency, risk_score, reasons, ruleset_version) "
+    "select %(id)s::uuid, %(payload)s::bytea, %(debit)s::uuid, %(credit)s::uuid, "
+    "%(amount)s::bigint, %(currency)s, %(score)s::integer, %(reasons)s::text[], %(ruleset)s "
+    "where not exists (select 1 from transfers t where t.id = %(id)s) "
     "on conflict (transfer_id) do nothing"
 )
+SUPERSEDE_SQL = SUPERSEDE_HELD_SQL + " and r.transfer_id = any(%s)"
+#: What the ledger says about the transfers of a batch's outcome events.
+LEDGER_SQL = "select id, status, reason from transfers where id = any(%s)"
+OUTCOMES = frozenset({"posted", "failed"})
 
 
 def status_update(topic: str, value: bytes, written_at: datetime) -> StatusUpdate:
@@ -233,23 +249,55 @@ class Tracker(Stage):
             if update.status == "review":
                 held.append((m.value() or b"", update))
         with self.conn.transaction(), self.conn.cursor() as cursor:
+            updates = self.as_in_ledger(cursor, updates)
             # Rows in id order: two trackers never wait on each other in opposite orders.
             updates.sort(key=lambda u: (str(u.transfer_id), u.status))
             cursor.executemany(UPSERT_SQL, [u.row() for u in updates])
             cursor.executemany(
                 HISTORY_SQL, [(u.transfer_id, u.status, u.reasons, u.at) for u in updates]
             )
-            cursor.executemany(
-                REVIEW_SQL,
-                [
-                    (u.transfer_id, payload, u.debit_account, u.amount_minor, u.currency,
-                     u.risk_score or 0, u.reasons, u.ruleset_version or "unknown")
-                    for payload, u in held
-                ],
-            )  # fmt: skip
+            cursor.executemany(REVIEW_SQL, [_review_row(payload, u) for payload, u in held])
+            outcomes = sorted({u.transfer_id for u in updates if u.status in OUTCOMES}, key=str)
+            if outcomes:
+                cursor.execute(SUPERSEDE_SQL, (outcomes,))
         for status, count in Counter(u.status for u in updates).items():
             self.metrics.updates.labels(status).inc(count)
         return dead
+
+    @staticmethod
+    def as_in_ledger(
+        cursor: psycopg.Cursor[Any], updates: list[StatusUpdate]
+    ) -> list[StatusUpdate]:
+        """Outcome updates as the ledger has them: its status and reason, not the event's."""
+        ids = list({u.transfer_id for u in updates if u.status in OUTCOMES})
+        if not ids:
+            return updates
+        ledger = {
+            row[0]: row[1:]
+            for row in cursor.execute(LEDGER_SQL, (ids,)).fetchall()
+            if row[1] in OUTCOMES  # a two-phase transfer's pending or voided is not a status here
+        }
+        return [
+            _as_in_ledger(u, *ledger[u.transfer_id])
+            if u.status in OUTCOMES and u.transfer_id in ledger
+            else u
+            for u in updates
+        ]
+
+
+def _as_in_ledger(update: StatusUpdate, status: str, reason: str | None) -> StatusUpdate:
+    if status == update.status:
+        return update
+    log.warning("event says %s for %s, the ledger %s", update.status, update.transfer_id, status)
+    return replace(update, status=status, reasons=[reason] if reason else [])
+
+
+def _review_row(payload: bytes, u: StatusUpdate) -> dict[str, Any]:
+    return {
+        "id": u.transfer_id, "payload": payload, "debit": u.debit_account,
+        "credit": u.credit_account, "amount": u.amount_minor, "currency": u.currency,
+        "score": u.risk_score or 0, "reasons": u.reasons, "ruleset": u.ruleset_version or "unknown",
+    }  # fmt: skip
 
 
 def _written_at(message: Message) -> datetime:

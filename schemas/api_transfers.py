@@ -175,16 +175,31 @@ class TransferPage(BaseModel):
     next: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
+class ReviewParty(BaseModel):
+    """One side of a held transfer, as far as the bank knows it (not at all: nulls)."""
+
+    account_id: uuid.UUID | None
+    iban: str | None
+    name: str | None
+
+
+ReviewStatus = Literal["held", "approved", "rejected", "timed_out", "superseded"]
+
+
 class ReviewItem(BaseModel):
     transfer_id: uuid.UUID
     debit_account_id: uuid.UUID
+    debtor: ReviewParty
+    beneficiary: ReviewParty
     amount: str
     currency: str
     risk_score: int
     reasons: list[str]
     ruleset_version: str
     held_at: datetime
-    status: Literal["held", "approved", "rejected", "timed_out"]
+    #: ``superseded``: the transfer reached the ledger (through a copy) before anyone
+    #: decided; nobody can decide it any more.
+    status: ReviewStatus
     decided_by: str | None
     decided_at: datetime | None
 
