@@ -224,6 +224,21 @@ class StageMetrics:
             ["stage"],
             registry=registry,
         )
+        self.unauthenticated = Counter(
+            "bankflow_stage_unauthenticated_messages_total",
+            "Messages on a signed topic without a valid signature of a signer allowed for "
+            "it (forged, or signed with an unknown or retired key), sent to the dead-letter "
+            "store instead of being acted on.",
+            ["stage", "topic"],
+            registry=registry,
+        )
+        self.partition_halted = Gauge(
+            "bankflow_stage_partition_halted",
+            "1 while a partition is halted because its records were deleted below the "
+            "stage's stored position (a gap), until an operator clears it.",
+            ["stage", "topic", "partition"],
+            registry=registry,
+        )
         self.halted = Gauge(
             "bankflow_stage_halted",
             "1 while a stage is halted until an operator clears it (bankflow halt clear).",

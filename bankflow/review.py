@@ -24,12 +24,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from bankflow.errors import BankflowError
 from bankflow.settings import Settings
+from bankflow.signing import Keyring
+from schemas.headers import EVENT_ID
 from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_REJECTED
 from schemas.transfers import AcceptedTransfer, RejectedTransfer, event_id_for
 
@@ -60,7 +64,7 @@ EXPIRED_SQL = (
 )
 OUTBOX_SQL = (
     "insert into outbox (event_id, topic, key, payload, headers, transfer_id) "
-    "values (%s, %s, %s, %s, null, %s) on conflict (event_id) do nothing"
+    "values (%s, %s, %s, %s, %s, %s) on conflict (event_id) do nothing"
 )
 
 
@@ -75,9 +79,34 @@ class OutboxEvent:
     key: bytes
     payload: bytes
     transfer_id: uuid.UUID
+    #: Extra headers for the relay to publish (an approval's signature), as text.
+    headers: dict[str, str] | None = None
 
     def params(self) -> tuple[Any, ...]:
-        return (self.event_id, self.topic, self.key, self.payload, self.transfer_id)
+        headers = Jsonb(self.headers) if self.headers else None
+        return (self.event_id, self.topic, self.key, self.payload, headers, self.transfer_id)
+
+
+def approval_signature(
+    settings: Settings, event_id: uuid.UUID, key: bytes, payload: bytes
+) -> dict[str, str]:
+    """The review signer's signature of an approval as the relay will publish it (with its
+    event id header): the poster books an accepted transfer only when it is signed."""
+    keyring = _keyrings.get(settings.signing_keys_path)
+    if keyring is None:
+        keyring = _keyrings[settings.signing_keys_path] = Keyring.load(settings.signing_keys_path)
+    headers = keyring.sign(
+        "review", TRANSFERS_ACCEPTED, key, payload, [(EVENT_ID, str(event_id).encode())]
+    )
+    return {
+        name: value.decode() if isinstance(value, bytes) else str(value)
+        for name, value in headers
+        if name != EVENT_ID and value is not None
+    }
+
+
+#: The key file read once per process and path (approvals are rare; rotation restarts).
+_keyrings: dict[Path, Keyring] = {}
 
 
 def decision_event(
@@ -89,8 +118,9 @@ def decision_event(
     event_id = event_id_for(held.transfer_id, f"review.{decision}")
     if decision == "approved":
         return OutboxEvent(
-            event_id, settings.topic(TRANSFERS_ACCEPTED), key, payload, held.transfer_id
-        )
+            event_id, settings.topic(TRANSFERS_ACCEPTED), key, payload, held.transfer_id,
+            approval_signature(settings, event_id, key, payload),
+        )  # fmt: skip
     rejected = RejectedTransfer(
         **held.model_dump(exclude={"debit_account_id", "credit_account_id"}),
         debit_account=str(held.debit_account_id),

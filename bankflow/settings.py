@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     #: is its cheapest profile, so tests hash in microseconds. Refused in staging and prod.
     password_hash_profile: Literal["default", "test"] = "default"  # noqa: S105 - a cost name
 
+    # Signed stage messages (``bankflow.signing``): the key file with each signer's keys.
+    # Unset: ``<state_dir>/keys/signing.json``, which ``bankflow stack up`` writes.
+    signing_keys_file: Path | None = None
+
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:
         if not self.kafka_bootstrap:
@@ -268,6 +272,10 @@ class Settings(BaseSettings):
     @property
     def stack_env_file(self) -> Path:
         return self.state_dir / "stack.env"
+
+    @property
+    def signing_keys_path(self) -> Path:
+        return self.signing_keys_file or self.state_dir / "keys" / "signing.json"
 
     def topic(self, name: str) -> str:
         """The full Kafka topic name for one of the names in ``schemas.topics``."""

@@ -31,6 +31,7 @@ from bankflow.domain.posting import TransferInstruction as Instruction
 from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
 from bankflow.ledger.store import ConsumedTransfer, Topics, prepare, write_prepared
 from bankflow.settings import Settings
+from bankflow.signing import Keyring
 from bench.common import clean_up, throwaway
 from consumers.poster import build as build_poster
 from consumers.poster import tune_gc
@@ -144,10 +145,12 @@ def _poster_tps(
     tuning: dict[str, Any] = {"linger.ms": 20, "batch.size": 1_000_000}
     producer = kafka_producer(settings, **tuning)
     topic = settings.topic(TRANSFERS_ACCEPTED)
+    keyring = Keyring.load(settings.signing_keys_path)
     for t in transfers:
-        producer.produce(
-            topic, key=str(t.debit_account_id).encode(), value=t.model_dump_json().encode()
-        )
+        key, value = str(t.debit_account_id).encode(), t.model_dump_json().encode()
+        # Signed as the validator signs: the poster books nothing else.
+        headers = keyring.sign("validator", TRANSFERS_ACCEPTED, key, value, None)
+        producer.produce(topic, key=key, value=value, headers=headers)
         producer.poll(0)
     if producer.flush(120):
         raise RuntimeError("the broker did not acknowledge the bench's transfers")

@@ -83,6 +83,9 @@ class Poster(Stage):
 
     name = "poster"
     commit = InDatabase()
+    #: Only what the validator or a review approval signed is booked; anything else
+    #: reaches ``poison`` as ``Unauthenticated`` (a dead letter, never an entry).
+    verifies = True
 
     def __init__(self, settings: Settings, conn: psycopg.Connection[Any]) -> None:
         self.settings = settings

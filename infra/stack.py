@@ -34,6 +34,7 @@ from confluent_kafka import KafkaException
 from bankflow.bootstrap import kafka_admin
 from bankflow.errors import StackError
 from bankflow.settings import Settings
+from bankflow.signing import ensure_keys
 
 KAFKA_POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 KAFKA_LOG4J = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
@@ -98,6 +99,8 @@ class LocalStack:
         self._start_postgres()
         self._start_redis()
         self._write_stack_env()
+        # Development keys for the signed stage messages, never in the repository.
+        ensure_keys(self.settings.signing_keys_path)
         return self.status()
 
     def down(self, purge: bool = False) -> list[str]:

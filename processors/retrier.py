@@ -50,6 +50,9 @@ CLOCK_SKEW_MAX_S = 60
 class Retrier(Stage):
     name = "retrier"
     commit = KafkaTransaction()
+    #: Only retried messages the validator signed are sent back; a forged one (which
+    #: could name any origin or attempt count) is a dead letter.
+    verifies = True
     batch_max = BATCH_MAX
 
     def __init__(self, settings: Settings, consumer: Consumer) -> None:
@@ -155,9 +158,13 @@ class Retrier(Stage):
 
 
 def without_not_before(headers: Any) -> HeaderList:
-    """The headers to send back with: all but the not-before time, which is spent."""
+    """The headers to send back with: all but the not-before time, which is spent, and
+    the retry topic's signature, which does not hold on another topic."""
     pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
-    return [(name, value) for name, value in pairs if name != h.NOT_BEFORE]
+    return [(name, value) for name, value in pairs if name not in _SPENT]
+
+
+_SPENT = frozenset({h.NOT_BEFORE, h.KEY_ID, h.SIGNATURE})
 
 
 def _not_before(message: Message) -> datetime | None:

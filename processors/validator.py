@@ -93,6 +93,8 @@ REDIS_TIMEOUT_S = 2
 class Validator(Stage):
     name = "validator"
     commit = KafkaTransaction()
+    #: Accepted transfers and retried requests leave signed (``bankflow.signing``).
+    signer = "validator"
 
     def __init__(
         self,

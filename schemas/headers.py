@@ -19,3 +19,8 @@ ERROR_CLASS: Final = "bankflow-error-class"
 ERROR_MESSAGE: Final = "bankflow-error-message"
 FIRST_FAILURE_AT: Final = "bankflow-first-failure-at"
 NOT_BEFORE: Final = "bankflow-not-before"
+
+# On messages that authorise moving money (``bankflow.signing``): which key signed the
+# message, and the HMAC-SHA256 over its topic, key, value and bankflow headers.
+KEY_ID: Final = "bankflow-key-id"
+SIGNATURE: Final = "bankflow-signature"

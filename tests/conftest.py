@@ -145,10 +145,21 @@ def test_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A signing key file of the session's own, with a key for every signer."""
+    from bankflow.signing import ensure_keys
+
+    path = tmp_path_factory.mktemp("keys") / "signing.json"
+    ensure_keys(path)
+    return path
+
+
 @pytest.fixture
-def settings(stack: StackEndpoints, test_id: str) -> Settings:
+def settings(stack: StackEndpoints, test_id: str, signing_keys: Path) -> Settings:
     """Settings pointing at the stack, with this test's own topic prefix, schema and keys."""
     return Settings(
+        signing_keys_file=signing_keys,
         kafka_bootstrap=stack.kafka_bootstrap,
         database_url=stack.database_url,
         redis_url=stack.redis_url,

@@ -44,6 +44,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "BANKFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "BANKFLOW_DATABASE_URL": settings.database_url,
             "BANKFLOW_REDIS_URL": settings.redis_url,
+            "BANKFLOW_SIGNING_KEYS_FILE": str(settings.signing_keys_path),
             "BANKFLOW_TOPIC_PREFIX": settings.topic_prefix,
             "BANKFLOW_TOPIC_PARTITIONS": str(settings.topic_partitions),
             "BANKFLOW_DB_SCHEMA": settings.db_schema,
@@ -136,14 +137,29 @@ def produce_accepted(
     producer = kafka_producer(settings)
     topic = settings.topic(TRANSFERS_ACCEPTED)
     pin = {} if partition is None else {"partition": partition}
-    for t in transfers:
-        producer.produce(
-            topic, key=str(t.debit_account_id).encode(), value=t.model_dump_json().encode(), **pin
-        )
+    pairs = [(str(t.debit_account_id).encode(), t.model_dump_json().encode()) for t in transfers]
+    for key, value in [*pairs, *raw]:
+        # Signed as the validator signs them: the poster books nothing else.
+        headers = signed(settings, TRANSFERS_ACCEPTED, key, value)
+        producer.produce(topic, key=key, value=value, headers=headers, **pin)
         producer.poll(0)
-    for key, value in raw:
-        producer.produce(topic, key=key, value=value, **pin)
     assert producer.flush(60) == 0, "the broker did not acknowledge every test message"
+
+
+def signed(
+    settings: Settings,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, Any]] | None = None,
+    *,
+    signer: str = "validator",
+) -> list[tuple[str, Any]]:
+    """``headers`` signed by ``signer`` for the logical ``topic`` (``bankflow.signing``)."""
+    from bankflow.signing import Keyring
+
+    keyring = Keyring.load(settings.signing_keys_path)
+    return keyring.sign(signer, topic, key, value, headers)
 
 
 def wait_for(

@@ -38,9 +38,10 @@ from pydantic import ValidationError
 
 from bankflow import logs
 from bankflow.bootstrap import kafka_producer
-from bankflow.failures import DependencyUnavailable, PoisonMessage, header_map
+from bankflow.failures import DependencyUnavailable, HeaderList, PoisonMessage, header_map
 from bankflow.metrics import StageMetrics, registered
 from bankflow.settings import Settings
+from bankflow.signing import Keyring, Unauthenticated, signers_for
 from bankflow.streaming import halts as halt_store
 from bankflow.streaming.backoff import Backoff, short
 from bankflow.streaming.errors import PositionMoved, StageHalted, is_transient
@@ -97,6 +98,12 @@ class StageRunner(Generic[S]):
         self.next_halt_check = 0.0
         self._subscribed = False
         self._logical = {settings.topic(t): t for t in stage.topics()}
+        #: Signing and verifying keys, read once (a verifier reloads on an unknown key id).
+        self.keyring: Keyring | None = None
+        if stage.signer is not None or stage.verifies:
+            self.keyring = Keyring.load(settings.signing_keys_path)
+            if stage.signer is not None:
+                self.keyring.signing_key(stage.signer)  # fail at start, not at the first batch
         self._make_producer = producer_factory or self._default_producer
         self.producer: Producer = self._make_producer()
 
@@ -235,7 +242,7 @@ class StageRunner(Generic[S]):
         """Each part of ``messages`` with its outputs, poison contained (the two strategies
         that commit after processing: a Kafka transaction, a commit after the effect)."""
         done: list[tuple[Batch, list[Output]]] = []
-        self._contained(
+        self._authenticated(
             messages,
             lambda part: done.append((Batch(part), self.stage.process(Batch(part)))),
             lambda m, error: done.append((Batch([m]), self._poisoned(m, error, Batch([m])))),
@@ -250,7 +257,7 @@ class StageRunner(Generic[S]):
         try:
             for o in outputs:
                 producer.produce(
-                    self.settings.topic(o.topic), key=o.key, value=o.value, headers=o.headers
+                    self.settings.topic(o.topic), key=o.key, value=o.value, headers=self._signed(o)
                 )
             producer.send_offsets_to_transaction(
                 next_offsets(messages), self.consumer.consumer_group_metadata(), TXN_TIMEOUT_S
@@ -293,7 +300,7 @@ class StageRunner(Generic[S]):
             self._advance(batch)
             self.stage.committed(batch, outputs)
 
-        self._contained(messages, attempt, poisoned)
+        self._authenticated(messages, attempt, poisoned)
 
     def _ranged(self, messages: Sequence[Message]) -> Batch:
         last: dict[Partition, int] = {}
@@ -320,7 +327,7 @@ class StageRunner(Generic[S]):
         errors: list[str] = []
         for o in outputs:
             self.producer.produce(
-                self.settings.topic(o.topic), key=o.key, value=o.value, headers=o.headers,
+                self.settings.topic(o.topic), key=o.key, value=o.value, headers=self._signed(o),
                 on_delivery=lambda error, _m: errors.append(str(error)) if error else None,
             )  # fmt: skip
         remaining = self.producer.flush(FLUSH_TIMEOUT_S)
@@ -328,6 +335,44 @@ class StageRunner(Generic[S]):
             raise DependencyUnavailable(
                 f"dead letters not acknowledged by Kafka: {errors[:3]}, {remaining} left"
             )
+
+    # -- signatures --------------------------------------------------------------------
+
+    def _signed(self, output: Output) -> HeaderList | None:
+        """The headers to produce ``output`` with: signed by the stage's signer when the
+        topic is one that must be signed."""
+        if self.keyring is None or self.stage.signer is None or signers_for(output.topic) is None:
+            return output.headers
+        return self.keyring.sign(
+            self.stage.signer, output.topic, output.key, output.value, output.headers
+        )
+
+    def _authenticated(
+        self,
+        messages: Sequence[Message],
+        attempt: Callable[[Sequence[Message]], Any],
+        poisoned: Callable[[Message, Exception], Any],
+    ) -> None:
+        """``_contained`` over the authentic messages, in order; each message on a signed
+        topic without a valid signature goes to ``poisoned`` as ``Unauthenticated``
+        without the stage ever acting on it."""
+        if self.keyring is None or not self.stage.verifies:
+            self._contained(messages, attempt, poisoned)
+            return
+        run: list[Message] = []
+        for m in messages:
+            topic = self._logical.get(str(m.topic()), str(m.topic()))
+            problem = self.keyring.problem(topic, m.key(), m.value(), m.headers())
+            if problem is None:
+                run.append(m)
+                continue
+            if run:
+                self._contained(run, attempt, poisoned)
+                run = []
+            self.metrics.unauthenticated.labels(self.stage.name, topic).inc()
+            poisoned(m, Unauthenticated(problem))
+        if run:
+            self._contained(run, attempt, poisoned)
 
     # -- containment -------------------------------------------------------------------
 

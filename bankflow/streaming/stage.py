@@ -95,6 +95,13 @@ class Stage:
     batch_wait_s: float = 0.1
     #: Set by a stage that may halt (``StageHalted``); the halt survives a restart.
     halts: Halts | None = None
+    #: The signer whose key the runtime signs this stage's outputs with, on the topics
+    #: that must be signed (``bankflow.signing.SIGNERS``); None: the stage signs nothing.
+    signer: ClassVar[str | None] = None
+    #: Whether the runtime checks the signature of every message read from a signed
+    #: topic before ``process`` sees it; one that fails goes to ``poison`` as
+    #: ``Unauthenticated``. Every stage that acts on a signed topic sets it.
+    verifies: ClassVar[bool] = False
 
     def topics(self) -> list[str]:
         """The logical topics the stage reads."""

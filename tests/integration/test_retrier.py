@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from bankflow.bootstrap import kafka_producer
 from bankflow.failures import header_map
+from bankflow.settings import Settings
 from processors.retrier import build
 from schemas import headers as h
 from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_REQUESTED, retry_topic
 from tests.integration.test_validator import read_committed
+from tests.ledger_support import signed
 
 pytestmark = pytest.mark.timeout(120)
 TIERS = {"fast": 1, "slow": 3}
@@ -25,6 +28,24 @@ def retried(origin: str, not_before: datetime | None, attempt: int = 1) -> list:
     return [(k, v.encode()) for k, v in headers]
 
 
+def produce_retry(
+    producer: Any,
+    settings: Settings,
+    tier: str,
+    *,
+    key: bytes,
+    value: bytes,
+    headers: list[tuple[str, Any]],
+    partition: int,
+) -> None:
+    """A message on a retry topic, signed as the validator signs what it sends there."""
+    topic = retry_topic(tier)
+    producer.produce(
+        settings.topic(topic), key=key, value=value, partition=partition,
+        headers=signed(settings, topic, key, value, headers),
+    )  # fmt: skip
+
+
 def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
     settings, topics
 ) -> None:
@@ -34,13 +55,51 @@ def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
     now = datetime.now(UTC)
     later = now + timedelta(seconds=3)
     producer = kafka_producer(settings)
-    fast = settings.topic(retry_topic("fast"))
-    producer.produce(fast, key=b"a", value=b"waits-1", headers=retried(origin, later), partition=0)
-    producer.produce(fast, key=b"a", value=b"waits-2", headers=retried(origin, later), partition=0)
-    producer.produce(fast, key=b"b", value=b"due", headers=retried(origin, now), partition=1)
-    producer.produce(fast, key=b"c", value=b"no-time", headers=retried(origin, None), partition=2)
-    slow = settings.topic(retry_topic("slow"))
-    producer.produce(slow, key=b"d", value=b"due-2", headers=retried(origin, now, 2), partition=0)
+    produce_retry(
+        producer,
+        settings,
+        "fast",
+        key=b"a",
+        value=b"waits-1",
+        headers=retried(origin, later),
+        partition=0,
+    )
+    produce_retry(
+        producer,
+        settings,
+        "fast",
+        key=b"a",
+        value=b"waits-2",
+        headers=retried(origin, later),
+        partition=0,
+    )
+    produce_retry(
+        producer,
+        settings,
+        "fast",
+        key=b"b",
+        value=b"due",
+        headers=retried(origin, now),
+        partition=1,
+    )
+    produce_retry(
+        producer,
+        settings,
+        "fast",
+        key=b"c",
+        value=b"no-time",
+        headers=retried(origin, None),
+        partition=2,
+    )
+    produce_retry(
+        producer,
+        settings,
+        "slow",
+        key=b"d",
+        value=b"due-2",
+        headers=retried(origin, now, 2),
+        partition=0,
+    )
     assert producer.flush(30) == 0
 
     retrier = build(settings)
@@ -90,14 +149,35 @@ def test_a_forged_message_neither_blocks_its_partition_nor_goes_anywhere_but_the
     origin = settings.topic(TRANSFERS_REQUESTED)
     now = datetime.now(UTC)
     producer = kafka_producer(settings)
-    fast = settings.topic(retry_topic("fast"))
     far = datetime(9999, 1, 1, tzinfo=UTC)
-    producer.produce(fast, key=b"a", value=b"forever", headers=retried(origin, far), partition=0)
-    accepted = settings.topic(TRANSFERS_ACCEPTED)
-    producer.produce(
-        fast, key=b"a", value=b"elsewhere", headers=retried(accepted, now), partition=0
+    produce_retry(
+        producer,
+        settings,
+        "fast",
+        key=b"a",
+        value=b"forever",
+        headers=retried(origin, far),
+        partition=0,
     )
-    producer.produce(fast, key=b"a", value=b"behind", headers=retried(origin, now), partition=0)
+    accepted = settings.topic(TRANSFERS_ACCEPTED)
+    produce_retry(
+        producer,
+        settings,
+        "fast",
+        key=b"a",
+        value=b"elsewhere",
+        headers=retried(accepted, now),
+        partition=0,
+    )
+    produce_retry(
+        producer,
+        settings,
+        "fast",
+        key=b"a",
+        value=b"behind",
+        headers=retried(origin, now),
+        partition=0,
+    )
     assert producer.flush(30) == 0
 
     retrier = build(settings)
@@ -116,3 +196,42 @@ def test_a_forged_message_neither_blocks_its_partition_nor_goes_anywhere_but_the
     reasons = {m.value(): header_map(m.headers())[h.ERROR_MESSAGE] for m in out[TRANSFERS_DLQ]}
     assert "later than the longest retry tier" in reasons[b"forever"]
     assert "may only go back to" in reasons[b"elsewhere"]
+
+
+def test_an_unsigned_or_wrongly_signed_retried_message_is_a_dead_letter(settings, topics) -> None:
+    """Whoever can write a retry topic but holds no validator key cannot get anything sent
+    back: not without a signature, not signed by another signer, not with its value
+    changed after signing."""
+    settings = settings.model_copy(update={"retry_tiers": TIERS})
+    topics(TRANSFERS_REQUESTED, TRANSFERS_DLQ, *(retry_topic(t) for t in TIERS))
+    origin = settings.topic(TRANSFERS_REQUESTED)
+    fast = retry_topic("fast")
+    headers = retried(origin, datetime.now(UTC))
+    producer = kafka_producer(settings)
+    producer.produce(settings.topic(fast), key=b"a", value=b"unsigned", headers=headers)
+    by_review = signed(settings, fast, b"a", b"by-review", headers, signer="review")
+    producer.produce(settings.topic(fast), key=b"a", value=b"by-review", headers=by_review)
+    changed = signed(settings, fast, b"a", b"original", headers)
+    producer.produce(settings.topic(fast), key=b"a", value=b"changed", headers=changed)
+    produce_retry(producer, settings, "fast", key=b"a", value=b"genuine", headers=headers,
+                  partition=0)  # fmt: skip
+    assert producer.flush(30) == 0
+
+    retrier = build(settings)
+    retrier.subscribe()
+    deadline = time.monotonic() + 60
+    try:
+        while sum(retrier.stage.sent.values()) < 4 and time.monotonic() < deadline:
+            retrier.step()
+    finally:
+        retrier.close()
+    out = read_committed(settings, TRANSFERS_REQUESTED, TRANSFERS_DLQ, expected=4)
+    assert [m.value() for m in out[TRANSFERS_REQUESTED]] == [b"genuine"]
+    back = header_map(out[TRANSFERS_REQUESTED][0].headers())
+    assert h.SIGNATURE not in back and h.KEY_ID not in back  # not valid on another topic
+    dead = {m.value(): header_map(m.headers()) for m in out[TRANSFERS_DLQ]}
+    assert set(dead) == {b"unsigned", b"by-review", b"changed"}
+    assert {d[h.ERROR_CLASS] for d in dead.values()} == {"Unauthenticated"}
+    assert "no signature" in dead[b"unsigned"][h.ERROR_MESSAGE]
+    assert "'review' may not sign" in dead[b"by-review"][h.ERROR_MESSAGE]
+    assert "does not match" in dead[b"changed"][h.ERROR_MESSAGE]
