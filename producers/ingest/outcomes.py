@@ -1,9 +1,9 @@
 """Following a file's requests to their terminal states, and the pain.002 status report.
 
-``posted`` and ``failed`` come from the ledger; ``rejected`` (and ``review``, once
-the fraud rules hold transfers) from their topics, read from the moment the file
-was ingested. A request still without a terminal state when the wait ends is
-reported as ``pending``.
+``posted`` and ``failed`` come from the ledger, which has the last word; ``rejected``
+and ``review`` from their topics, read from the moment the file was ingested, only
+for what the ledger does not hold. A request still without a terminal state when
+the wait ends is reported as ``pending``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
@@ -63,26 +63,31 @@ def follow(
     timeout_s: float,
 ) -> dict[uuid.UUID, Outcome]:
     """Wait until every id is posted, failed, rejected or in review, or the time is up;
-    decisions are read from ``positions`` (``decision_positions`` before the ingest)."""
+    decisions are read from ``positions`` (``decision_positions`` before the ingest).
+
+    The ledger has the last word: an id it holds is posted or failed whatever a
+    decision topic said of it (a copy of the request may have been rejected while the
+    first one posted), so every id decided only on a topic is looked up in the ledger
+    once more at the end.
+    """
     pending = set(transfer_ids)
     outcomes: dict[uuid.UUID, Outcome] = {}
+    decided: set[uuid.UUID] = set()  # a decision from a topic, nothing from the ledger yet
     consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}ingest-wait")
     consumer.assign(positions)
     deadline = time.monotonic() + timeout_s
     try:
         with db_connect(settings, autocommit=True) as conn:
             while pending and time.monotonic() < deadline:
-                _read_decisions(consumer, settings, pending, outcomes)
-                ids = list(pending)
-                for start in range(0, len(ids), IDS_PER_QUERY):
-                    for row in conn.execute(
-                        "select id, status, reason from transfers where id = any(%s)",
-                        (ids[start : start + IDS_PER_QUERY],),
-                    ):
-                        outcomes[row[0]] = (row[1], row[2])
-                        pending.discard(row[0])
+                for transfer_id in _read_decisions(consumer, settings, pending, outcomes):
+                    decided.add(transfer_id)
+                for transfer_id, outcome in _ledger(conn, pending):
+                    outcomes[transfer_id] = outcome
+                    pending.discard(transfer_id)
                 if pending:
                     time.sleep(POLL_S)
+            for transfer_id, outcome in _ledger(conn, decided):
+                outcomes[transfer_id] = outcome
     finally:
         consumer.close()
     for transfer_id in pending:
@@ -90,14 +95,27 @@ def follow(
     return outcomes
 
 
+def _ledger(conn: Any, transfer_ids: Iterable[uuid.UUID]) -> Iterator[tuple[uuid.UUID, Outcome]]:
+    """What the ledger holds of these transfers (status, reason)."""
+    ids = list(transfer_ids)
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        for row in conn.execute(
+            "select id, status, reason from transfers where id = any(%s)",
+            (ids[start : start + IDS_PER_QUERY],),
+        ):
+            yield row[0], (row[1], row[2])
+
+
 def _read_decisions(
     consumer: Any, settings: Settings, pending: set[uuid.UUID], outcomes: dict[uuid.UUID, Outcome]
-) -> None:
+) -> list[uuid.UUID]:
+    """Decisions about pending ids, taken as their outcomes for now; the ids decided."""
     review = settings.topic(TRANSFERS_REVIEW)
+    decided: list[uuid.UUID] = []
     for _ in range(100):  # bounded: at most 100 batches per round
         messages = consumer.consume(1000, timeout=0.2)
         if not messages:
-            return
+            return decided
         for m in messages:
             if m.error() is not None:
                 continue
@@ -109,6 +127,8 @@ def _read_decisions(
                 status = "review" if m.topic() == review else "rejected"
                 outcomes[decision.transfer_id] = (status, ",".join(decision.reasons))
                 pending.discard(decision.transfer_id)
+                decided.append(decision.transfer_id)
+    return decided
 
 
 def summarise(outcomes: dict[uuid.UUID, Outcome]) -> dict[str, Any]:
@@ -132,7 +152,7 @@ def pain002(
     """
     codes = {"posted": "ACCP", "rejected": "RJCT", "failed": "RJCT"}
     rows = [(key, *outcomes.get(transfer_id, ("pending", None))) for key, transfer_id in transfers]
-    rows += [(key, "rejected", f"invalid_{field_name}") for key, field_name in refused]
+    rows += [(key, "rejected", code) for key, code in refused]
     by_block: dict[str, list[str]] = {}
     for key, status, reason in rows:
         block, end_to_end = key.removeprefix("pmtinf:").split("/e2e:", 1)

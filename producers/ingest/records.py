@@ -23,6 +23,19 @@ class FileRefused(BankflowError):
     an XML attack). Nothing of it is produced."""
 
 
+class SubmitterRefused(BankflowError):
+    """Nobody may submit the file as asked: an unknown or disabled submitter, a member
+    of staff without the customer they act for, a role that may not submit batches."""
+
+
+class IdempotencyKeyReused(BankflowError):
+    """The submitter used the batch's ``Idempotency-Key`` before, for another file."""
+
+
+#: The reason code of a line whose debit account the submitter may not debit.
+NOT_OWNER = "not_owner"
+
+
 @dataclass(frozen=True, slots=True)
 class BatchLine:
     """One transaction of a file, still as text, with where it came from.
@@ -51,9 +64,18 @@ class LineError:
     #: The refused transaction's ``BatchLine.key`` where the line was read that far (a
     #: pain.002 reports a refused pain.001 transaction by its ids).
     key: str | None = None
+    #: A stable reason code (``not_owner``); by default ``invalid_<field>``.
+    code: str | None = None
+
+    @property
+    def reason_code(self) -> str:
+        return self.code or f"invalid_{self.field}"
 
     def as_dict(self) -> dict[str, object]:
-        return {"line": self.line, "field": self.field, "reason": self.reason}
+        return {
+            "line": self.line, "field": self.field, "reason": self.reason,
+            "code": self.reason_code,
+        }  # fmt: skip
 
 
 def checked(line: BatchLine) -> BatchLine | LineError:

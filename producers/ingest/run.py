@@ -6,6 +6,12 @@ line, or its pain.001 payment block and EndToEndId), so ingesting the same file
 twice, or again after a crash, makes no duplicate transfer: the ledger skips an
 id it already holds. A bad line is reported with its number, field and reason;
 the good lines go on.
+
+Every file has a submitter (``producers.ingest.submitters``): a line may debit only
+an account of the customer it is submitted for, or it is refused here with the
+reason code ``not_owner`` and nothing of it is sent; every request carries that
+customer as ``requested_by``. ``producers.ingest.batches`` records the file as a
+batch around this.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from bankflow.domain.money import parse_amount
 from bankflow.domain.posting import INTERNAL_TYPES
 from bankflow.settings import Settings
 from producers.ingest.pain001 import check_totals, parse_pain001
-from producers.ingest.records import BatchLine, FileRefused, LineError
+from producers.ingest.records import NOT_OWNER, BatchLine, FileRefused, LineError
+from producers.ingest.submitters import Submitter
 from producers.ingest.tabular import parse_csv, parse_jsonl
 from producers.intake import publish
 from schemas.topics import TRANSFERS_REQUESTED
@@ -68,13 +75,18 @@ class IngestReport:
     resumed_from: int = 0
     #: (transaction key, transfer id) of every request, kept only when asked (--wait).
     transfers: list[tuple[str, uuid.UUID]] | None = None
-    #: (transaction key, refused field) of every line refused before it was sent, kept
+    #: (transaction key, reason code) of every line refused before it was sent, kept
     #: with ``transfers`` (unlike ``errors``, not cut at ``ERRORS_LISTED_MAX``).
     refused_lines: list[tuple[str, str]] | None = None
+    #: The batch the file was recorded as (``producers.ingest.batches``), and the earlier
+    #: batch it is a byte-identical copy of (then nothing was sent).
+    batch_id: uuid.UUID | None = None
+    duplicate_of: uuid.UUID | None = None
+    submitted_by: str | None = None
 
     def add_error(self, error: LineError) -> None:
         if self.refused_lines is not None and error.key is not None:
-            self.refused_lines.append((error.key, error.field))
+            self.refused_lines.append((error.key, error.reason_code))
         self.error_count += 1
         if len(self.errors) < ERRORS_LISTED_MAX:
             self.errors.append(error)
@@ -86,7 +98,13 @@ class IngestReport:
             "lines_rejected": self.error_count, "refused": self.refused,
             "resumed_from_line": self.resumed_from,
             "errors": [e.as_dict() for e in self.errors],
+            "batch_id": _text(self.batch_id), "duplicate_of": _text(self.duplicate_of),
+            "submitted_by": self.submitted_by,
         }  # fmt: skip
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def detect_format(path: Path) -> Format:
@@ -109,12 +127,18 @@ def file_digest(path: Path) -> str:
 
 
 class DebitResolver:
-    """Finds our accounts by id or IBAN (cached) and keeps a file to one customer."""
+    """Finds our accounts by id or IBAN (cached) and keeps a file to its submitter's.
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    A line may debit only an account of the customer the submitter submits for, and
+    never one of the bank's own. An account of another customer, one of the bank's
+    and one that does not exist are refused alike (``not_owner``), so a file cannot
+    tell which accounts exist.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], submitter: Submitter) -> None:
         self.conn = conn
+        self.submitter = submitter
         self.cache: dict[str, tuple[uuid.UUID, uuid.UUID, str] | None] = {}
-        self.customer: uuid.UUID | None = None
 
     def lookup(self, reference: str) -> tuple[uuid.UUID, uuid.UUID, str] | None:
         key = account_reference_key(reference)
@@ -127,30 +151,28 @@ class DebitResolver:
             self.cache[key] = (row[0], row[1], row[2]) if row else None
         return self.cache[key]
 
+    def may_debit(self, reference: str) -> uuid.UUID | None:
+        """The account's id when the submitter may debit it, else None."""
+        found = self.lookup(reference)
+        if found is None:
+            return None
+        account_id, customer_id, account_type = found
+        if customer_id != self.submitter.customer_id or account_type in INTERNAL_TYPES:
+            return None
+        return account_id
+
     def debit(self, line: BatchLine) -> tuple[str, str] | LineError:
         """The debit account's id and the requester (``customer:<id>``), as text."""
         if not line.debit_account:
             return LineError(line.line, "debit_account", "missing (give --debtor-account)")
-        found = self.lookup(line.debit_account)
-        if found is None:
+        account_id = self.may_debit(line.debit_account)
+        if account_id is None:
             return LineError(
-                line.line, "debit_account", f"{line.debit_account} is not an account of this bank"
-            )
-        account_id, customer_id, account_type = found
-        if account_type in INTERNAL_TYPES:
-            return LineError(
-                line.line, "debit_account", "a file may not debit the bank's own accounts"
-            )
-        if self.customer is None:
-            self.customer = customer_id
-        elif customer_id != self.customer:
-            return LineError(
-                line.line,
-                "debit_account",
-                "a file may only debit the accounts "
-                "of one customer (the one its first good line debits)",
-            )
-        return str(account_id), f"customer:{customer_id}"
+                line.line, "debit_account",
+                f"{line.debit_account} is not an account {self.submitter.describe()} may debit",
+                code=NOT_OWNER,
+            )  # fmt: skip
+        return str(account_id), self.submitter.requested_by
 
 
 def to_request(
@@ -239,21 +261,30 @@ def _parse(stream: BinaryIO, fmt: Format) -> Iterator[BatchLine | LineError]:
         yield from parse_csv(stream)
 
 
+#: One transaction of a file as ``batch_lines`` records it: its ordinal among the file's
+#: transactions, its line, key, and either the transfer id it was sent as or why it was
+#: refused (field, reason, reason code).
+LineRecord = tuple[int, int, str | None, uuid.UUID | None, str | None, str | None, str | None]
+
+
 def ingest(
     settings: Settings,
     path: Path,
     fmt: Format | None = None,
     debtor_account: str | None = None,
     *,
+    submitter: Submitter,
     progress: Callable[[int], None] | None = None,
     skip: int = 0,
     keep_ids: bool = False,
+    record: Callable[[list[LineRecord]], None] | None = None,
 ) -> IngestReport:
-    """Ingest one file; a refused file is reported with ``refused`` and produces nothing.
+    """Ingest one file for ``submitter``; a refused file is reported with ``refused``.
 
     ``progress`` is called with the number of lines done after every acknowledged
     chunk; ``skip`` resumes after that many lines (the inbox watcher's checkpoint).
-    Skipped lines still name the file's customer, so the one-customer rule holds.
+    ``record`` is given every line's outcome, a chunk at a time, after the chunk's
+    requests were acknowledged and before ``progress`` hears of it.
     """
     report = IngestReport(
         str(path), resumed_from=skip, transfers=[] if keep_ids else None,
@@ -265,60 +296,106 @@ def ingest(
     except OSError as exc:
         report.refused = f"cannot read {path}: {exc.strerror}"
         return report
-    if debtor_account:
-        try:
-            debtor_account = parse_account_reference(debtor_account)
-        except InvalidAccountReference as exc:
-            report.refused = f"--debtor-account: {exc}"
-            return report
-    producer = kafka_producer(settings)
-    topic = settings.topic(TRANSFERS_REQUESTED)
-    chunk: list[tuple[bytes, bytes]] = []
     with path.open("rb") as stream, db_connect(settings, autocommit=True) as conn:
-        resolver = DebitResolver(conn)
+        resolver = DebitResolver(conn, submitter)
+        if debtor_account:
+            debtor_account = _checked_debtor(debtor_account, resolver, report)
+            if debtor_account is None:
+                return report
+        out = _Out(kafka_producer(settings), settings.topic(TRANSFERS_REQUESTED), progress, record)
         ids = TransferIds(f"file:{report.sha256}")
         # One time for the whole file: it was requested when it was handed in.
         requested_at = datetime.now(UTC).isoformat()
         try:
             for item in _parse(stream, report.format):
                 report.lines_read += 1
-                if report.lines_read <= skip:
-                    if isinstance(item, BatchLine):
-                        resolver.debit(
-                            _with_debtor(item, debtor_account) if debtor_account else item
-                        )
-                    continue
-                if isinstance(item, LineError):
-                    report.add_error(item)
-                    continue
-                outcome = to_request(item, ids, resolver, debtor_account, requested_at)
-                if isinstance(outcome, LineError):
-                    report.add_error(dataclasses.replace(outcome, key=item.key))
-                    continue
-                transfer_id, key, value = outcome
-                chunk.append((key, value))
-                if report.transfers is not None:
-                    report.transfers.append((item.key, transfer_id))
-                if len(chunk) >= CHUNK:
-                    _send(producer, topic, chunk, report, progress)
+                if report.lines_read > skip:
+                    _one(
+                        item, report, out, ids=ids, resolver=resolver,
+                        debtor_account=debtor_account, requested_at=requested_at,
+                    )  # fmt: skip
         except FileRefused as exc:
             report.refused = str(exc)
             return report
-        _send(producer, topic, chunk, report, progress)
+        out.send(report)
     return report
 
 
-def _send(
-    producer: Any,
-    topic: str,
-    chunk: list[tuple[bytes, bytes]],
+def _checked_debtor(reference: str, resolver: DebitResolver, report: IngestReport) -> str | None:
+    """``--debtor-account`` in canonical form, or None with the file refused: it must be an
+    account the submitter may debit, or no line could be."""
+    try:
+        canonical = parse_account_reference(reference)
+    except InvalidAccountReference as exc:
+        report.refused = f"--debtor-account: {exc}"
+        return None
+    if resolver.may_debit(canonical) is None:
+        report.refused = (
+            f"--debtor-account: {reference} is not an account "
+            f"{resolver.submitter.describe()} may debit"
+        )
+        return None
+    return canonical
+
+
+def _one(
+    item: BatchLine | LineError,
     report: IngestReport,
-    progress: Callable[[int], None] | None,
+    out: _Out,
+    *,
+    ids: TransferIds,
+    resolver: DebitResolver,
+    debtor_account: str | None,
+    requested_at: str,
 ) -> None:
-    if not chunk:
-        return
-    publish(producer, topic, chunk)
-    report.requests_produced += len(chunk)
-    chunk.clear()
-    if progress is not None:
-        progress(report.lines_read)
+    """One transaction: sent (in the next chunk) or refused, and recorded either way."""
+    ordinal = report.lines_read
+    if isinstance(item, LineError):
+        report.add_error(item)
+        out.refused(ordinal, item)
+    else:
+        outcome = to_request(item, ids, resolver, debtor_account, requested_at)
+        if isinstance(outcome, LineError):
+            error = dataclasses.replace(outcome, key=item.key)
+            report.add_error(error)
+            out.refused(ordinal, error)
+        else:
+            transfer_id, key, value = outcome
+            out.chunk.append((key, value))
+            if out.record is not None:
+                out.records.append((ordinal, item.line, item.key, transfer_id, None, None, None))
+            if report.transfers is not None:
+                report.transfers.append((item.key, transfer_id))
+    if len(out.chunk) >= CHUNK or len(out.records) >= CHUNK:
+        out.send(report)
+
+
+@dataclass
+class _Out:
+    """Where a file's requests go (a chunk at a time), and its lines' records."""
+
+    producer: Any
+    topic: str
+    progress: Callable[[int], None] | None
+    record: Callable[[list[LineRecord]], None] | None
+    chunk: list[tuple[bytes, bytes]] = field(default_factory=list)
+    records: list[LineRecord] = field(default_factory=list)
+
+    def refused(self, ordinal: int, error: LineError) -> None:
+        if self.record is not None:
+            self.records.append(
+                (ordinal, error.line, error.key, None, error.field, error.reason,
+                 error.reason_code)
+            )  # fmt: skip
+
+    def send(self, report: IngestReport) -> None:
+        """Publish the chunk (acknowledged), then record its lines, then report progress."""
+        if self.chunk:
+            publish(self.producer, self.topic, self.chunk)
+            report.requests_produced += len(self.chunk)
+            self.chunk.clear()
+        if self.record is not None and self.records:
+            self.record(self.records)
+            self.records.clear()
+        if self.progress is not None:
+            self.progress(report.lines_read)

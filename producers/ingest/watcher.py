@@ -1,10 +1,24 @@
 """``bankflow run inbox-watcher``: files dropped into the inbox are ingested once.
 
+Every file has a submitter, named by the folder it is dropped in:
+``inbox/<email>/payments.csv`` is submitted by the user with that email, and may
+debit only that customer's accounts. Whoever can write into a folder submits as its
+user, so the folders are the trust boundary: an operator creates one per customer
+that hands files in this way and gives write access to it (an SFTP account chrooted
+to it, say) to that customer's channel only. A folder per submitter (rather than a
+file beside each payment file naming its submitter) lets the file system's own
+permissions say who may submit as whom; with a name written in a file, anyone
+who can write to the inbox could name anyone. A file at the top of the inbox, or in
+the folder of an unknown user, of staff (who submit for customers with the CLI or
+the API) or of a disabled user, is refused to ``failed/``.
+
 A file is taken when it is complete: names starting with a dot or ending in
 ``.tmp`` / ``.part`` are still being written, and any other file must keep the
 same size and modification time for one whole poll. After ingesting, the file
-moves to ``done/`` (or ``failed/`` when it was refused, or not one of its lines
-could be ingested) beside its ``.report.json``. Progress is checkpointed after
+moves to ``done/`` in its folder (or ``failed/`` when it was refused, or not one of
+its lines could be ingested) beside its ``.report.json``, which names its batch. A
+byte-identical copy of a file ingested before is a duplicate of that batch: nothing
+is sent, and it goes to ``done/`` with a report that says so. Progress is checkpointed after
 every acknowledged chunk in ``.<name>.progress``; a watcher killed mid-file
 resumes from its checkpoint, and the chunk it may produce twice carries the
 same transfer ids, which the ledger posts once.
@@ -26,12 +40,16 @@ from pathlib import Path
 import orjson
 import psycopg
 
+from bankflow.bootstrap import db_connect
 from bankflow.errors import BankflowError
 from bankflow.metrics import IngestMetrics, registered
 from bankflow.observability import serve_metrics
 from bankflow.runtime import configure_logging, on_stop_signal
 from bankflow.settings import Settings
-from producers.ingest.run import IngestReport, file_digest, ingest
+from producers.ingest.batches import submit_batch
+from producers.ingest.records import SubmitterRefused
+from producers.ingest.run import IngestReport, file_digest
+from producers.ingest.submitters import find_submitter
 
 log = logging.getLogger("bankflow.inbox")
 
@@ -45,6 +63,9 @@ RETRY_WAIT_S_MIN = 1.0
 RETRY_WAIT_S_MAX = 60.0
 #: Characters of an unexpected error kept as a failed file's reason.
 REASON_MAX = 1_000
+#: Where processed files go, in each submitter's folder (and at the top for files
+#: dropped there): never a submitter's folder.
+DONE, FAILED = "done", "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +83,37 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _candidates(inbox: Path) -> list[Path]:
-    return sorted(
-        p for p in inbox.iterdir()
+    """Complete-looking files at the top of the inbox and in each submitter's folder."""
+    folders = [
+        inbox,
+        *sorted(
+            p for p in inbox.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in (DONE, FAILED)
+        ),
+    ]  # fmt: skip
+    return [
+        p
+        for folder in folders
+        for p in sorted(folder.iterdir())
         if p.is_file() and not p.name.startswith(".") and not p.name.endswith(WRITING_SUFFIXES)
-    )  # fmt: skip
+    ]
+
+
+def submit(
+    settings: Settings, path: Path, inbox: Path, *, progress: Callable[[int], None], skip: int
+) -> IngestReport:
+    """Ingest ``path`` as a batch of the user its folder names (``SubmitterRefused``
+    when it names none that may submit)."""
+    if path.parent == inbox:
+        raise SubmitterRefused(
+            "a file is taken from its submitter's folder only (inbox/<email>/), "
+            "not from the top of the inbox"
+        )
+    with db_connect(settings, autocommit=True) as conn:
+        submitter = find_submitter(conn, path.parent.name)
+    return submit_batch(
+        settings, path, submitter, channel="inbox", progress=progress, skip=skip
+    ).report
 
 
 def _checkpoint_path(path: Path) -> Path:
@@ -101,7 +149,10 @@ def process(settings: Settings, path: Path, inbox: Path) -> None:
 
     log.info("ingesting %s%s", path.name, f" from line {skip + 1}" if skip else "")
     try:
-        report = ingest(settings, path, progress=save, skip=skip)
+        report = submit(settings, path, inbox, progress=save, skip=skip)
+    except SubmitterRefused as exc:
+        log.warning("%s: %s; it goes to failed/", path, exc)
+        report = IngestReport(str(path), sha256=digest, refused=f"no submitter: {exc}")
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -110,20 +161,25 @@ def process(settings: Settings, path: Path, inbox: Path) -> None:
         report = IngestReport(
             str(path), sha256=digest, resumed_from=skip, refused=reason[:REASON_MAX]
         )
-    if report.refused is None and report.error_count and not (report.requests_produced or skip):
+    if (
+        report.refused is None
+        and report.duplicate_of is None
+        and report.error_count
+        and not (report.requests_produced or skip)
+    ):
         # Every line was bad: nothing of the file was ingested, so it failed as a whole.
         first = report.errors[0]
         report.refused = (
             f"no line could be ingested: {report.error_count} bad lines, the first "
             f"line {first.line}, {first.field}: {first.reason}"
         )[:REASON_MAX]
-    _file_away(path, inbox, report)
+    _file_away(path, report)
     checkpoint.unlink(missing_ok=True)
 
 
-def _file_away(path: Path, inbox: Path, report: IngestReport) -> None:
-    """Move the file to ``done/`` or ``failed/`` beside its report, and count it."""
-    target = inbox / ("failed" if report.refused else "done")
+def _file_away(path: Path, report: IngestReport) -> None:
+    """Move the file to ``done/`` or ``failed/`` of its folder beside its report, and count it."""
+    target = path.parent / (FAILED if report.refused else DONE)
     target.mkdir(exist_ok=True)
     _write_atomically(
         target / f"{path.name}.report.json",
@@ -135,10 +191,12 @@ def _file_away(path: Path, inbox: Path, report: IngestReport) -> None:
     metrics.requests.inc(report.requests_produced)
     metrics.rejected_lines.inc(report.error_count)
     log.info(
-        "%s: %d requests, %d lines rejected%s",
+        "%s: batch %s, %d requests, %d lines rejected%s%s",
         path.name,
+        report.batch_id,
         report.requests_produced,
         report.error_count,
+        f"; a duplicate of batch {report.duplicate_of}" if report.duplicate_of else "",
         f"; refused: {report.refused}" if report.refused else "",
     )
 

@@ -15,7 +15,7 @@ import pytest
 from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
 from bankflow.settings import Settings
 from schemas.topics import TRANSFERS_REQUESTED
-from tests.integration.test_ingest import SAMPLES, requested
+from tests.integration.test_ingest import SAMPLES, customer_user, requested
 from tests.integration.test_validator import produce_requests, run_validator_until, transfer_request
 from tests.ledger_support import (
     drain_in_process,
@@ -36,6 +36,9 @@ def test_a_watcher_killed_mid_file_resumes_and_every_line_posts_once(
     settings.inbox.mkdir()
     topics()
     customer = create_customer(db, "Big Payer")
+    customer_user(db, customer, "big@example.com")
+    folder = settings.inbox / "big@example.com"  # the submitter's folder
+    folder.mkdir()
     payer = open_account(
         db, settings, customer_id=customer, account_type="checking", currency="EUR"
     )
@@ -65,8 +68,8 @@ def test_a_watcher_killed_mid_file_resumes_and_every_line_posts_once(
                 f"{payer.iban},{rng.choice(payees)},{rng.randint(1, 99) / 100:.2f},EUR,"
                 f"line {n},,,\n"
             )
-    staging.replace(settings.inbox / "payments.csv")
-    checkpoint = settings.inbox / ".payments.csv.progress"
+    staging.replace(folder / "payments.csv")
+    checkpoint = folder / ".payments.csv.progress"
 
     logs = tmp_path
     validator = start_service(settings, "validator", log=logs / "validator.log")
@@ -76,10 +79,10 @@ def test_a_watcher_killed_mid_file_resumes_and_every_line_posts_once(
         wait_for(checkpoint.exists, 120, "the watcher to checkpoint a chunk", interval_s=0.05)
         watcher.send_signal(signal.SIGKILL)
         watcher.wait(10)
-        assert (settings.inbox / "payments.csv").exists(), "the file finished before the kill"
+        assert (folder / "payments.csv").exists(), "the file finished before the kill"
         watcher = start_service(settings, "inbox-watcher", log=logs / "watcher-2.log")
         wait_for(
-            (settings.inbox / "done" / "payments.csv").exists,
+            (folder / "done" / "payments.csv").exists,
             240,
             "the restarted watcher to finish the file",
         )
@@ -90,7 +93,7 @@ def test_a_watcher_killed_mid_file_resumes_and_every_line_posts_once(
     assert transfer_count(db) == LINES + 1
     posted = db.execute("select count(*) from transfers where status = 'posted'").fetchone()[0]
     assert posted == LINES + 1
-    report = (settings.inbox / "done" / "payments.csv.report.json").read_text()
+    report = (folder / "done" / "payments.csv.report.json").read_text()
     assert '"resumed_from_line": 0' not in report  # the second watcher resumed mid-file
     assert not checkpoint.exists()
 
@@ -125,13 +128,15 @@ def test_files_that_cannot_be_ingested_fail_with_their_reason_and_the_watcher_go
     settings: Settings, topics, db, tmp_path: Path
 ) -> None:
     settings = settings.model_copy(update={"inbox": tmp_path / "inbox"})
-    inbox = settings.inbox
+    settings.inbox.mkdir()
+    inbox = settings.inbox / "payer@example.com"  # the submitter's folder
     inbox.mkdir()
     topics(TRANSFERS_REQUESTED)
+    customer = create_customer(db, "Payer")
+    customer_user(db, customer, "payer@example.com")
     payer = open_account(
-        db, settings, customer_id=create_customer(db, "Payer"), account_type="checking",
-        currency="EUR",
-    )  # fmt: skip
+        db, settings, customer_id=customer, account_type="checking", currency="EUR"
+    )
     payee = open_account(
         db, settings, customer_id=create_customer(db, "Payee"), account_type="checking",
         currency="EUR",
@@ -208,7 +213,8 @@ def test_a_file_met_by_an_unreachable_database_stays_in_the_inbox_for_later(
             "database_url": f"postgresql://bankflow:bankflow@127.0.0.1:{closed_port}/bankflow",
         }
     )
-    inbox = settings.inbox
+    settings.inbox.mkdir()
+    inbox = settings.inbox / "ann@example.com"  # a submitter's folder: the user is looked up
     inbox.mkdir()
     topics(TRANSFERS_REQUESTED)
     log = tmp_path / "watcher.log"

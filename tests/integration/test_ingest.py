@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -11,6 +13,7 @@ from bankflow.bootstrap import kafka_consumer
 from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
 from bankflow.settings import Settings
 from producers.ingest.run import ingest
+from producers.ingest.submitters import Submitter, customer_submitter
 from schemas.topics import TRANSFERS_REQUESTED
 from schemas.transfers import TransferRequest
 from tests.integration.test_validator import produce_requests, run_validator_until, transfer_request
@@ -38,6 +41,17 @@ def requested(settings: Settings, expected: int) -> list[TransferRequest]:
     return found
 
 
+def customer_user(db: Any, customer: uuid.UUID, email: str) -> Submitter:
+    """A customer's API user (who submits the customer's files), as a submitter."""
+    user_id = uuid.uuid4()
+    db.execute(
+        "insert into users (id, email, password_hash, role, customer_id)"
+        " values (%s, %s, 'not-a-hash', 'customer', %s)",
+        (user_id, email, customer),
+    )
+    return customer_submitter(user_id, email, customer)
+
+
 def test_each_sample_pain001_becomes_one_request_per_transaction(
     settings: Settings, topics, db
 ) -> None:
@@ -53,8 +67,9 @@ def test_each_sample_pain001_becomes_one_request_per_transaction(
             iban=iban,
         )
     expected = []
+    submitter = customer_submitter(uuid.uuid4(), "muster@example.com", customer)
     for sample in sorted(SAMPLES.glob("*.xml")):
-        report = ingest(settings, sample)
+        report = ingest(settings, sample, submitter=submitter)
         assert report.refused is None, report.as_dict()
         assert report.format == "pain001"
         # The Swiss sample pays two postal accounts (Othr/Id 01-39139-1, 25-9034-2):
@@ -106,8 +121,9 @@ def test_a_csv_with_bad_lines_posts_the_good_ones_once_even_ingested_twice(
         + f'{payer.id},{payee.id},"1,000.00",EUR,comma,,,\n'.encode()
         + f"{payer.id},{payee.id},30.00,EUR,rent,,,\n".encode()
     )
-    first = ingest(settings, csv)
-    second = ingest(settings, csv)
+    submitter = customer_submitter(uuid.uuid4(), "jane@example.com", customer)
+    first = ingest(settings, csv, submitter=submitter)
+    second = ingest(settings, csv, submitter=submitter)
     assert first.refused is None
     assert [(e.line, e.field) for e in first.errors] == [
         (3, "amount"),
@@ -141,7 +157,8 @@ def test_the_cli_reports_in_json_and_exits_non_zero_for_a_refused_file(
         .read_bytes()
         .replace(b"<CtrlSum>15850.00</CtrlSum>", b"<CtrlSum>1.00</CtrlSum>")
     )
-    result = run_cli(settings, "ingest", str(bad), "--json")
+    customer_user(db, create_customer(db, "Muster AG"), "muster@example.com")
+    result = run_cli(settings, "ingest", str(bad), "--submitted-by", "muster@example.com", "--json")
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["requests_produced"] == 0
@@ -159,6 +176,7 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
 
     topics()
     payer = create_customer(db, "Debtor Name")
+    customer_user(db, payer, "debtor@example.com")
     debtor = open_account(
         db,
         settings,
@@ -202,6 +220,8 @@ def test_wait_follows_every_request_and_writes_a_pain002_report(
                 settings,
                 "ingest",
                 str(f),
+                "--submitted-by",
+                "debtor@example.com",
                 "--wait",
                 "--json",
                 "--wait-timeout",
@@ -258,7 +278,8 @@ def test_bad_account_references_are_bad_lines_and_the_good_lines_go_on(
         f"not-an-account,{payee.iban},1.00,EUR\n"
         f"{str(payer.id).upper()},{payee.iban.lower()},2.00,EUR\n"
     )
-    report = ingest(settings, csv)
+    submitter = customer_submitter(uuid.uuid4(), "jane@example.com", customer)
+    report = ingest(settings, csv, submitter=submitter)
     assert report.refused is None
     assert [(e.line, e.field) for e in report.errors] == [
         (2, "credit_account"),
@@ -270,6 +291,8 @@ def test_bad_account_references_are_bad_lines_and_the_good_lines_go_on(
     # Handed on in canonical form: the id lower case, the IBAN compact and upper case.
     assert (request.debit_account, request.credit_account) == (str(payer.id), payee.iban)
 
-    refused = ingest(settings, csv, debtor_account="zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz")
+    refused = ingest(
+        settings, csv, debtor_account="zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz", submitter=submitter
+    )
     assert refused.refused is not None and refused.refused.startswith("--debtor-account")
     assert refused.requests_produced == 0
