@@ -640,6 +640,18 @@ def _actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
+#: Who replays or discards: named explicitly on every such command (no login name
+#: guessed from the environment), until staff sign-in and the audit log take over.
+Actor = Annotated[
+    str,
+    typer.Option(
+        "--actor", help="Who does this, e.g. an e-mail address (recorded with the action)."
+    ),
+]
+#: ``dlq replay --all`` replays at most this many letters per run; run it again for more.
+REPLAY_ALL_MAX = 1000
+
+
 @dlq_app.command("list")
 def dlq_list(
     status: Annotated[str, typer.Option(help="open, replayed or discarded.")] = "open",
@@ -681,55 +693,82 @@ def dlq_show(dead_letter_id: int, as_json: JsonFlag = False) -> None:
 
 @dlq_app.command("replay")
 def dlq_replay(
+    actor: Actor,
     dead_letter_id: Annotated[int | None, typer.Argument(help="The dead letter to replay.")] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Every open dead letter.")] = False,
     reason: Annotated[str | None, typer.Option(help="With --all: only these reasons.")] = None,
 ) -> None:
-    """Send dead letters back to their original topic (safe to repeat: ids dedupe)."""
+    """Send dead letters' transfer requests to transfers.requested, to be validated again.
+
+    A letter from transfers.accepted or transfers.review is sent as the request its
+    transfer was made from; a letter that holds no transfer request is refused and
+    stays open. Safe to repeat: the transfer id dedupes.
+    """
+    from rich.markup import escape
+
     from bankflow.bootstrap import db_connect, kafka_producer
-    from bankflow.dead_letters import DeadLetterNotFound, claim, get, list_open, resolve
-    from producers.intake import publish
+    from bankflow.dead_letters import DeadLetterNotOpen, NotReplayable, checked_actor, list_open
+    from bankflow.dead_letters import replay as replay_letter
+    from schemas.topics import TRANSFERS_REQUESTED
 
     if (dead_letter_id is None) == (not replay_all):
         console.print("[red]give a dead letter id or --all[/red]")
         raise typer.Exit(2)
     settings = _settings()
+    actor = checked_actor(actor)
     producer = kafka_producer(settings)
+    topic = settings.topic(TRANSFERS_REQUESTED)
+    failed = 0
     with db_connect(settings, autocommit=True) as conn:
-        letters = (
-            list_open(conn, "open", reason)
+        ids = (
+            [d.id for d in list_open(conn, "open", reason, REPLAY_ALL_MAX)]
             if dead_letter_id is None
-            else [get(conn, dead_letter_id)]
+            else [dead_letter_id]
         )
-        for listed in letters:
-            # Claimed (locked), acknowledged by the broker, then marked replayed, in one
-            # transaction: a concurrent discard waits and then finds it replayed; a crash
-            # before the commit leaves it open and replays it again, which the transfer
-            # id makes harmless.
+        if not ids:
+            console.print("no open dead letters")
+        for letter_id in ids:
             try:
-                with conn.transaction():
-                    letter = claim(conn, listed.id)
-                    publish(producer, letter.original_topic,
-                            [(letter.key or b"", letter.payload or b"")])  # fmt: skip
-                    resolve(conn, letter.id, "replay", _actor(), reason)
-            except DeadLetterNotFound:
-                now = get(conn, listed.id).status
-                console.print(f"dead letter {listed.id} is {now} already; nothing sent")
+                sent = replay_letter(conn, producer, letter_id, topic=topic,
+                                     topic_prefix=settings.topic_prefix, actor=actor)  # fmt: skip
+            except DeadLetterNotOpen as exc:
+                # With --all, a letter resolved meanwhile by someone else is no failure.
+                failed += dead_letter_id is not None
+                console.print(
+                    f"dead letter {letter_id} is {exc.status} already; nothing sent", soft_wrap=True
+                )
                 continue
-            console.print(f"replayed dead letter {letter.id} to {letter.original_topic}")
+            except NotReplayable as exc:
+                failed += 1
+                console.print(f"[red]{escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
+                continue
+            console.print(
+                f"replayed dead letter {letter_id} as transfer request "
+                f"{sent.request.transfer_id} to {topic}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if failed:
+        raise typer.Exit(1)
 
 
 @dlq_app.command("discard")
 def dlq_discard(
     dead_letter_id: int,
     reason: Annotated[str, typer.Option(help="Why it is discarded (recorded).")],
+    actor: Actor,
 ) -> None:
     """Close a dead letter without replaying it, recording who and why."""
     from bankflow.bootstrap import db_connect
-    from bankflow.dead_letters import resolve
+    from bankflow.dead_letters import DeadLetterNotOpen, resolve
 
     with db_connect(_settings(), autocommit=True) as conn:
-        resolve(conn, dead_letter_id, "discard", _actor(), reason)
+        try:
+            resolve(conn, dead_letter_id, "discard", actor, reason)
+        except DeadLetterNotOpen as exc:
+            console.print(f"[red]dead letter {dead_letter_id} is {exc.status} already; "
+                          "not discarded[/red]", soft_wrap=True)  # fmt: skip
+            raise typer.Exit(1) from exc
     console.print(f"discarded dead letter {dead_letter_id}")
 
 

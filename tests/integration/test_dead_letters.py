@@ -13,9 +13,11 @@ from bankflow.bootstrap import kafka_producer
 from bankflow.settings import Settings
 from consumers.relay import relay_once
 from schemas import headers as h
-from schemas.topics import TRANSFERS_DLQ, TRANSFERS_REQUESTED
+from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_REQUESTED
+from schemas.transfers import TransferRequest
 from tests.integration.test_validator import (
     produce_requests,
+    read_committed,
     run_validator_until,
     transfer_request,
 )
@@ -30,6 +32,7 @@ from tests.ledger_support import (
 )
 
 pytestmark = pytest.mark.timeout(300)
+ACTOR = "ops@bank.example"
 
 
 def bankflow(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,16 +65,27 @@ def test_poison_requests_are_listed_with_their_reason(settings: Settings, topics
     assert "transfer_id" in listed[1]["reason"]
     shown = json.loads(bankflow(settings, "dlq", "show", str(listed[0]["id"])).stdout)
     assert shown["payload"].startswith("\x00garbage")
-    discarded = bankflow(settings, "dlq", "discard", str(listed[0]["id"]), "--reason", "junk")
+    # Neither holds a transfer request: a replay refuses them, and they stay open.
+    for letter in listed:
+        refused = bankflow(settings, "dlq", "replay", str(letter["id"]), "--actor", ACTOR)
+        assert refused.returncode == 1
+        assert f"dead letter {letter['id']} " in refused.stderr
+        assert "is not replayable: its payload is not a transfer request" in refused.stderr
+    assert len(json.loads(bankflow(settings, "dlq", "list", "--json").stdout)) == 2
+    no_actor = bankflow(settings, "dlq", "discard", str(listed[0]["id"]), "--reason", "junk")
+    assert no_actor.returncode == 2 and "--actor" in no_actor.stderr
+    discarded = bankflow(
+        settings, "dlq", "discard", str(listed[0]["id"]), "--reason", "junk", "--actor", ACTOR
+    )
     assert discarded.returncode == 0, discarded.stderr
     assert [d["id"] for d in json.loads(bankflow(settings, "dlq", "list", "--json").stdout)] == [
         listed[1]["id"]
     ]
-    actions = db.execute("select action, note from dead_letter_actions").fetchall()
-    assert actions == [("discard", "junk")]
+    actions = db.execute("select action, actor, note from dead_letter_actions").fetchall()
+    assert actions == [("discard", ACTOR, "junk")]
 
 
-def test_a_dead_letter_whose_cause_was_fixed_replays_to_exactly_one_posting(
+def test_a_poster_dead_letter_replays_through_the_validator_to_exactly_one_posting(
     settings: Settings, topics, db
 ) -> None:
     topics()
@@ -81,7 +95,7 @@ def test_a_dead_letter_whose_cause_was_fixed_replays_to_exactly_one_posting(
     cash = find_internal_account(db, "cash", "EUR")
     # A broken deployment refuses this one transfer; the poster dead-letters it.
     db.execute("alter table transfers add constraint broken check (amount_minor <> 777) not valid")
-    transfer = accepted(cash.id, a, 777)
+    transfer = accepted(cash.id, a, 777).model_copy(update={"correlation_id": "corr-777"})
     produce_accepted(settings, [transfer])
     from consumers.poster import build
 
@@ -101,18 +115,36 @@ def test_a_dead_letter_whose_cause_was_fixed_replays_to_exactly_one_posting(
     assert "database refused it" in letter["reason"]
 
     db.execute("alter table transfers drop constraint broken")  # the cause is fixed
-    first = bankflow(settings, "dlq", "replay", str(letter["id"]))
+    first = bankflow(settings, "dlq", "replay", str(letter["id"]), "--actor", ACTOR)
     assert first.returncode == 0, first.stderr
+    requested = settings.topic(TRANSFERS_REQUESTED)
+    assert f"as transfer request {transfer.transfer_id} to {requested}" in first.stderr
+    # What was sent is the request the transfer was made from, with its correlation id
+    # and none of the failure headers, on transfers.requested: nothing goes straight to
+    # the poster.
+    (sent,) = read_committed(settings, TRANSFERS_REQUESTED, expected=1)[TRANSFERS_REQUESTED]
+    request = TransferRequest.model_validate_json(sent.value())
+    assert (request.transfer_id, request.debit_account, request.credit_account) == (
+        transfer.transfer_id, str(cash.id), str(a),
+    )  # fmt: skip
+    assert (request.amount_minor, request.currency) == (777, "EUR")
+    assert dict(sent.headers() or []) == {h.CORRELATION_ID: b"corr-777"}
+    assert len(read_committed(settings, TRANSFERS_ACCEPTED, expected=1)[TRANSFERS_ACCEPTED]) == 1
+
+    validator = run_validator_until(settings, 1)
+    assert validator.decisions == {TRANSFERS_ACCEPTED: 1}
     drain_in_process(settings, 1)
-    second = bankflow(settings, "dlq", "replay", str(letter["id"]))
-    assert "replayed already; nothing sent" in second.stderr
-    replay_all = bankflow(settings, "dlq", "replay", "--all")
-    assert replay_all.returncode == 0
-    drain_in_process(settings, 1, timeout_s=10)
+    second = bankflow(settings, "dlq", "replay", str(letter["id"]), "--actor", ACTOR)
+    assert second.returncode == 1 and "replayed already; nothing sent" in second.stderr
+    replay_all = bankflow(settings, "dlq", "replay", "--all", "--actor", ACTOR)
+    assert replay_all.returncode == 0 and "no open dead letters" in replay_all.stderr
+    assert len(read_committed(settings, TRANSFERS_REQUESTED, expected=1)[TRANSFERS_REQUESTED]) == 1
     rows = db.execute("select id, status from transfers").fetchall()
     assert rows == [(transfer.transfer_id, "posted")]
     balance = db.execute("select balance_minor from accounts where id = %s", (a,)).fetchone()[0]
     assert balance == 777
+    (action,) = db.execute("select action, actor, note from dead_letter_actions").fetchall()
+    assert action[:2] == ("replay", ACTOR) and str(transfer.transfer_id) in action[2]
 
 
 def test_a_request_that_exhausts_its_retry_tiers_is_dead_lettered_with_its_attempts(
@@ -174,21 +206,106 @@ def test_a_discarded_dead_letter_delivered_again_stays_discarded(
     assert producer.flush(30) == 0
     sink_until(settings, 1)
     (letter,) = json.loads(bankflow(settings, "dlq", "list", "--json").stdout)
-    assert (
-        bankflow(settings, "dlq", "discard", str(letter["id"]), "--reason", "junk").returncode == 0
+    discarded = bankflow(
+        settings, "dlq", "discard", str(letter["id"]), "--reason", "junk", "--actor", ACTOR
     )
+    assert discarded.returncode == 0, discarded.stderr
 
     # The same message again (a sink redelivery, or anyone writing it twice).
     producer.produce(dlq, key=b"k", value=b"junk", headers=_dead_letter_headers(settings, 7))
     assert producer.flush(30) == 0
     sink_until(settings, 1)
     assert json.loads(bankflow(settings, "dlq", "list", "--json").stdout) == []
-    replayed = bankflow(settings, "dlq", "replay", "--all")
+    replayed = bankflow(settings, "dlq", "replay", "--all", "--actor", ACTOR)
     assert replayed.returncode == 0 and "replayed" not in replayed.stderr
     (again,) = json.loads(
         bankflow(settings, "dlq", "list", "--status", "discarded", "--json").stdout
     )
     assert again["id"] == letter["id"] and again["attempts"] == 2
+    assert read_committed(settings, TRANSFERS_REQUESTED, expected=0)[TRANSFERS_REQUESTED] == []
+
+
+def test_a_replayed_dead_letter_delivered_again_stays_replayed(
+    settings: Settings, topics, db
+) -> None:
+    topics()
+    a, b = open_test_accounts(db, settings, 2)
+    request = transfer_request(a, b)
+    producer = kafka_producer(settings)
+    dlq = settings.topic(TRANSFERS_DLQ)
+    dead = {"key": b"k", "value": request.model_dump_json().encode(),
+            "headers": _dead_letter_headers(settings, 9)}  # fmt: skip
+    producer.produce(dlq, **dead)
+    assert producer.flush(30) == 0
+    sink_until(settings, 1)
+    (letter,) = json.loads(bankflow(settings, "dlq", "list", "--json").stdout)
+    first = bankflow(settings, "dlq", "replay", str(letter["id"]), "--actor", ACTOR)
+    assert first.returncode == 0, first.stderr
+
+    # The same dead letter again (a sink redelivery, or anyone writing it twice).
+    producer.produce(dlq, **dead)
+    assert producer.flush(30) == 0
+    sink_until(settings, 1)
+    assert json.loads(bankflow(settings, "dlq", "list", "--json").stdout) == []
+    replay_all = bankflow(settings, "dlq", "replay", "--all", "--actor", ACTOR)
+    assert replay_all.returncode == 0 and "no open dead letters" in replay_all.stderr
+    listed = bankflow(settings, "dlq", "list", "--status", "replayed", "--json")
+    (again,) = json.loads(listed.stdout)
+    assert again["id"] == letter["id"] and again["attempts"] == 2
+    sent = read_committed(settings, TRANSFERS_REQUESTED, expected=1)[TRANSFERS_REQUESTED]
+    assert [TransferRequest.model_validate_json(m.value()) for m in sent] == [request]
+    assert db.execute("select count(*) from dead_letter_actions").fetchone()[0] == 1
+
+
+def test_replay_all_sends_every_open_request_and_refuses_the_rest(
+    settings: Settings, topics, db
+) -> None:
+    """``--all``, judged by what it did: the open requests and accepted transfers are sent to
+    transfers.requested and posted once after validation; a letter that holds no request
+    stays open, a discarded one stays discarded, and the exit code says one was refused."""
+    from bankflow.dead_letters import resolve, store
+    from bankflow.ledger.accounts import find_internal_account
+
+    topics()
+    a, b = open_test_accounts(db, settings, 2)
+    cash = find_internal_account(db, "cash", "EUR")
+    funding = accepted(cash.id, a, 5_000)
+    request = transfer_request(cash.id, b, 1_000)
+    discarded = transfer_request(cash.id, b, 2_000)
+    letters = [
+        (TRANSFERS_ACCEPTED, funding.model_dump_json().encode()),
+        (TRANSFERS_REQUESTED, request.model_dump_json().encode()),
+        (TRANSFERS_REQUESTED, b"\x00not a request"),
+        (TRANSFERS_REQUESTED, discarded.model_dump_json().encode()),
+    ]
+    for offset, (topic, payload) in enumerate(letters):
+        where = (settings.topic(topic), 0, offset)
+        store(db, b"k", payload, {h.ORIGINAL_TOPIC: where[0], h.ORIGINAL_PARTITION: "0",
+                                  h.ORIGINAL_OFFSET: str(offset)}, where)  # fmt: skip
+    ids = [row[0] for row in db.execute("select id from dead_letters order by id")]
+    resolve(db, ids[3], "discard", ACTOR, "a duplicate")
+
+    replay_all = bankflow(settings, "dlq", "replay", "--all", "--actor", ACTOR)
+    assert replay_all.returncode == 1
+    assert f"dead letter {ids[2]} (from {settings.topic(TRANSFERS_REQUESTED)}) is not " in (
+        replay_all.stderr
+    )
+    statuses = dict(db.execute("select id, status from dead_letters").fetchall())
+    assert statuses == {ids[0]: "replayed", ids[1]: "replayed", ids[2]: "open",
+                        ids[3]: "discarded"}  # fmt: skip
+    sent = read_committed(settings, TRANSFERS_REQUESTED, expected=2)[TRANSFERS_REQUESTED]
+    sent_ids = {TransferRequest.model_validate_json(m.value()).transfer_id for m in sent}
+    assert sent_ids == {funding.transfer_id, request.transfer_id}
+    assert len(sent) == 2
+
+    # Validated, then posted once each.
+    assert run_validator_until(settings, 2).decisions == {TRANSFERS_ACCEPTED: 2}
+    drain_in_process(settings, 2)
+    rows = dict(db.execute("select id, status from transfers").fetchall())
+    assert rows == {funding.transfer_id: "posted", request.transfer_id: "posted"}
+    balances = dict(db.execute("select id, balance_minor from accounts where id = any(%s)",
+                               ([a, b],)).fetchall())  # fmt: skip
+    assert balances == {a: 5_000, b: 1_000}
 
 
 def test_a_replay_and_a_discard_of_one_letter_at_once_exactly_one_wins(
@@ -226,6 +343,47 @@ def test_a_replay_and_a_discard_of_one_letter_at_once_exactly_one_wins(
     assert outcome == ["told it is not open"]
     assert db.execute("select status from dead_letters").fetchone()[0] == "replayed"
     assert db.execute("select action from dead_letter_actions").fetchall() == [("replay",)]
+
+
+def test_a_discard_that_holds_the_letter_wins_and_the_waiting_replay_sends_nothing(
+    settings: Settings, topics, db
+) -> None:
+    """The other order: the discard's update holds the row; the replay (``replay``, as the
+    CLI runs it) waits for it and is then told the letter was discarded, and sends nothing."""
+    from bankflow.bootstrap import db_connect
+    from bankflow.dead_letters import DeadLetterNotOpen, replay, resolve, store
+
+    topics()
+    a, b = open_test_accounts(db, settings, 2)
+    where = (settings.topic(TRANSFERS_REQUESTED), 0, 1)
+    store(db, b"k", transfer_request(a, b).model_dump_json().encode(),
+          {h.ORIGINAL_TOPIC: where[0], h.ORIGINAL_PARTITION: "0", h.ORIGINAL_OFFSET: "1"},
+          where)  # fmt: skip
+    (letter_id,) = db.execute("select id from dead_letters").fetchone()
+    outcome: list[str] = []
+
+    def replay_it() -> None:
+        with db_connect(settings, autocommit=True) as other:
+            try:
+                replay(other, kafka_producer(settings), letter_id,
+                       topic=settings.topic(TRANSFERS_REQUESTED),
+                       topic_prefix=settings.topic_prefix, actor="cli:other")  # fmt: skip
+                outcome.append("replayed")
+            except DeadLetterNotOpen as exc:
+                outcome.append(f"told it is {exc.status}")
+
+    with db_connect(settings, autocommit=True) as discarding:
+        with discarding.transaction():
+            resolve(discarding, letter_id, "discard", ACTOR, "not wanted")
+            racing = threading.Thread(target=replay_it)
+            racing.start()
+            wait_for(lambda: _waiting_on_a_lock(db), 30, "the replay to wait for the lock")
+            assert outcome == []
+        racing.join(30)
+    assert outcome == ["told it is discarded"]
+    assert db.execute("select status from dead_letters").fetchone()[0] == "discarded"
+    assert db.execute("select action from dead_letter_actions").fetchall() == [("discard",)]
+    assert read_committed(settings, TRANSFERS_REQUESTED, expected=0)[TRANSFERS_REQUESTED] == []
 
 
 def _waiting_on_a_lock(db: Any) -> bool:
