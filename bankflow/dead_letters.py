@@ -244,9 +244,9 @@ _RETRY_TOPIC_PREFIX: Final = retry_topic("x").removesuffix("x")
 #: Logical topics whose messages are accepted transfers: the validator's accepted and
 #: held outputs (and a reviewer's approval, published to transfers.accepted).
 ACCEPTED_TOPICS: Final = frozenset({TRANSFERS_ACCEPTED, TRANSFERS_REVIEW})
-#: The signature headers of the stage that produced a message (issue 12's signing):
+#: The signature headers of the stage that produced a message (``bankflow.signing``):
 #: they vouched for the original message on its own topic, not for a replay.
-SIGNATURE_HEADERS: Final = frozenset({"bankflow-signature", "bankflow-key-id"})
+SIGNATURE_HEADERS: Final = frozenset({h.SIGNATURE, h.KEY_ID})
 #: Headers a replay never carries: the failure history (the replay is a new attempt,
 #: judged on its own), signatures, and the event id of the dead-letter event itself.
 DROPPED_ON_REPLAY: Final = FAILURE_HEADERS | SIGNATURE_HEADERS | {h.EVENT_ID}

@@ -73,8 +73,8 @@ def test_original_headers_are_kept_and_failure_and_signature_headers_dropped() -
     stored = {
         h.CORRELATION_ID: "corr-from-header",
         h.TRACEPARENT: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        "bankflow-signature": "c2lnbmVk",
-        "bankflow-key-id": "validator-1",
+        h.SIGNATURE: "c2lnbmVk",
+        h.KEY_ID: "validator-1",
         h.EVENT_ID: str(uuid.uuid4()),
         **dict.fromkeys(FAILURE_HEADERS, "1"),
     }
