@@ -521,14 +521,28 @@ def _wait_for_outcomes(
 
 
 @app.command("verify")
-def verify_ledger(as_json: JsonFlag = False) -> None:
-    """Check the ledger's invariants in PostgreSQL; exit 1 on any violation."""
+def verify_ledger(
+    as_json: JsonFlag = False,
+    status_lag_s: Annotated[
+        int, typer.Option(min=0, help="Ledger outcomes older than this must show as statuses.")
+    ] = 60,
+    accepted_age_max_s: Annotated[
+        int,
+        typer.Option(min=0, help="Accepted transfers older than this must be in the ledger."),
+    ] = 900,
+    outbox_age_max_s: Annotated[
+        int, typer.Option(min=0, help="Outbox rows older than this must have been sent.")
+    ] = 600,
+) -> None:
+    """Check the ledger's invariants, and statuses against it, in PostgreSQL; exit 1 on any
+    violation."""
     from bankflow.bootstrap import db_connect
-    from bankflow.ledger.verify import verify
+    from bankflow.ledger.verify import Bounds, verify
 
     settings = _settings()
+    bounds = Bounds(status_lag_s, accepted_age_max_s, outbox_age_max_s)
     with db_connect(settings, autocommit=True) as conn:
-        results = verify(conn, settings)
+        results = verify(conn, settings, bounds)
     if as_json:
         _print_json(
             {

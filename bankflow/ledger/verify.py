@@ -1,8 +1,15 @@
 """``bankflow verify``: the ledger's invariants, checked straight from PostgreSQL.
 
-Each check is one query that returns the violations it finds (at most
+Each check is one set-based query that returns the violations it finds (at most
 ``SAMPLE_MAX`` of them, with the total count), so a clean ledger reads as a
 column of zeros and a broken one names the rows to look at.
+
+Beyond the ledger's own arithmetic, the statuses are checked against the ledger (it
+is the truth: nothing shown refused has entries, and every outcome older than the
+status lag shows), and the stages' progress against bounds (``Bounds``): accepted
+transfers reach the ledger or the dead-letter store, and the outbox drains.
+Statuses are only checked where the tracker wrote one: a poster fed straight from
+``transfers.accepted`` (tests, benchmarks) has ledger rows without statuses.
 """
 
 from __future__ import annotations
@@ -17,6 +24,26 @@ from schemas.topics import TRANSFERS_FAILED, TRANSFERS_POSTED
 
 #: Violations listed per invariant; the count is always the full number.
 SAMPLE_MAX = 5
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How far the stages may be behind the ledger before verify calls it a violation.
+
+    The tracker learns an outcome from the relay's event a moment after the poster
+    wrote it; a transfer accepted now is posted within seconds unless a stage is down
+    or retrying; the relay publishes within a second of the commit. The defaults are
+    far above those delays in a healthy pipeline, and below what an operator would
+    want to learn from verify before an alert told them.
+    """
+
+    #: A ledger outcome older than this must show in ``transfer_status``.
+    status_lag_s: int = 60
+    #: An accepted status older than this must be in the ledger or a dead letter
+    #: (the retry tiers' longest delay plus the poster's backoff fit well inside).
+    accepted_age_max_s: int = 900
+    #: An outbox row older than this must have been sent.
+    outbox_age_max_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -47,13 +74,38 @@ INVARIANTS: tuple[Invariant, ...] = (
     ),
     Invariant(
         "posted_transfers_have_two_entries",
-        "every posted transfer has one debit and one credit entry; others have none",
-        """select t.id::text || ' (' || t.status || ') has ' || count(e.id) || ' entries'
+        "every posted transfer has one debit and one credit entry of its amount",
+        """select t.id::text || ' has ' || count(e.id) || ' entries'
            from transfers t left join entries e on e.transfer_id = t.id
-           group by t.id, t.status
-           having (t.status = 'posted') <> (count(e.id) = 2)
-              or (t.status = 'posted' and sum(e.amount_minor) filter (where e.amount_minor > 0)
-                  is distinct from max(t.amount_minor))""",
+           where t.status = 'posted'
+           group by t.id
+           having count(e.id) <> 2
+              or sum(e.amount_minor) filter (where e.amount_minor > 0)
+                 is distinct from max(t.amount_minor)""",
+    ),
+    Invariant(
+        "entries_on_the_transfers_accounts",
+        "a posted transfer's entries are its amount off its debit account and onto its "
+        "credit account, both in its currency",
+        """select t.id::text || ' entry ' || e.id || ' of ' || e.amount_minor || ' '
+                  || a.currency || ' on ' || e.account_id::text
+           from transfers t
+           join entries e on e.transfer_id = t.id
+           join accounts a on a.id = e.account_id
+           where t.status = 'posted'
+             and not (a.currency = t.currency
+                      and ((e.account_id = t.debit_account_id
+                            and e.amount_minor = -t.amount_minor)
+                           or (e.account_id = t.credit_account_id
+                               and e.amount_minor = t.amount_minor)))""",
+    ),
+    Invariant(
+        "failed_transfers_have_no_entries",
+        "a transfer the ledger did not post (failed, pending, voided) has no entries",
+        """select t.id::text || ' (' || t.status || ') has ' || count(*) || ' entries'
+           from transfers t join entries e on e.transfer_id = t.id
+           where t.status <> 'posted'
+           group by t.id, t.status""",
     ),
     Invariant(
         "balances_sum_to_zero_per_currency",
@@ -109,21 +161,69 @@ INVARIANTS: tuple[Invariant, ...] = (
            group by t.id, t.kafka_topic, t.kafka_partition, t.kafka_offset
            having coalesce(max(o.next_offset), -1) <= t.kafka_offset""",
     ),
+    Invariant(
+        "refused_statuses_have_no_entries",
+        "no transfer shown rejected (by the rules, a reviewer or the review timeout) or "
+        "failed has entries in the ledger",
+        """select s.transfer_id::text || ' shows ' || s.status
+                  || coalesce(' (' || array_to_string(s.reasons, ',') || ')', '')
+           from transfer_status s
+           where s.status in ('rejected', 'failed')
+             and exists (select 1 from entries e where e.transfer_id = s.transfer_id)""",
+    ),
+    Invariant(
+        "statuses_show_the_ledger",
+        "every transfer in the ledger longer than the status lag shows the ledger's outcome",
+        """select t.id::text || ' is ' || t.status || ' in the ledger, shows ' || s.status
+           from transfers t join transfer_status s on s.transfer_id = t.id
+           where t.status in ('posted', 'failed')
+             and t.created_at < now() - make_interval(secs => %(status_lag_s)s)
+             and s.status <> t.status""",
+    ),
+    Invariant(
+        "accepted_transfers_reach_the_ledger",
+        "every transfer accepted longer ago than the bound is in the ledger or the "
+        "dead-letter store",
+        """with dead as materialized (
+               select substring(encode(payload, 'escape')
+                                from '"transfer_id"\\s*:\\s*"([0-9a-fA-F-]{36})"') as id
+               from dead_letters)
+           select s.transfer_id::text || ' accepted at ' || s.updated_at
+           from transfer_status s
+           where s.status = 'accepted'
+             and s.updated_at < now() - make_interval(secs => %(accepted_age_max_s)s)
+             and not exists (select 1 from transfers t where t.id = s.transfer_id)
+             and not exists (select 1 from dead d where lower(d.id) = s.transfer_id::text)""",
+    ),
+    Invariant(
+        "outbox_is_sent",
+        "no outbox row waits to be sent longer than the bound",
+        """select o.id || ' (' || o.topic || ') unsent since ' || o.created_at
+           from outbox o
+           where o.sent_at is null
+             and o.created_at < now() - make_interval(secs => %(outbox_age_max_s)s)""",
+    ),
 )
 # A transfer id appears at most once: the primary key of ``transfers`` guarantees it, and
 # ``posted_transfers_have_two_entries`` catches a transfer whose legs were written twice.
 
 
-def verify(conn: psycopg.Connection[Any], settings: Settings) -> list[InvariantResult]:
+def verify(
+    conn: psycopg.Connection[Any], settings: Settings, bounds: Bounds | None = None
+) -> list[InvariantResult]:
     """Run every invariant in one repeatable-read snapshot, so they agree with each other.
 
     The outbox also carries other messages about a transfer (a reviewer's approval),
     so the event invariant counts only the ledger's posted and failed events.
     """
+    bounds = bounds or Bounds()
     params = {
         "group": settings.poster_group,
         "posted_topic": settings.topic(TRANSFERS_POSTED),
         "failed_topic": settings.topic(TRANSFERS_FAILED),
+        "status_lag_s": bounds.status_lag_s,
+        "accepted_age_max_s": bounds.accepted_age_max_s,
+        "outbox_age_max_s": bounds.outbox_age_max_s,
     }
     results = []
     with conn.transaction():
