@@ -7,6 +7,10 @@ refused (422), the same key and body answers as the first time did. Only the
 request that created the record produces; a concurrent twin waits for it (a few
 seconds at most) and, should the first have died before the broker acknowledged,
 produces the same message itself: the transfer id makes that harmless downstream.
+
+The Redis record lives a day; the fingerprint is also kept for good in PostgreSQL
+(``bankflow.idempotency``) before anything is produced, so the same key with another
+body is refused however long after the first request it comes.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import uuid
 from typing import Any, Literal
 
 import orjson
+import psycopg
 import redis.asyncio
+from psycopg_pool import AsyncConnectionPool
 
 from api.context import ApiContext
 from api.errors import ApiError
-from bankflow import logs
+from bankflow import idempotency, logs
 from schemas import headers as h
 from schemas.topics import TRANSFERS_REQUESTED
 from schemas.transfers import TransferRequest, transfer_id_for
@@ -49,8 +55,7 @@ class StateUnavailable(ApiError):
 
 
 def fingerprint(kind: str, body: dict[str, Any]) -> str:
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(kind.encode() + b"\0" + canonical).hexdigest()
+    return idempotency.fingerprint(kind, orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
 
 
 def transfer_id(user_id: uuid.UUID, idempotency_key: str) -> uuid.UUID:
@@ -64,6 +69,7 @@ def _key(ctx: ApiContext, user_id: uuid.UUID, idempotency_key: str) -> str:
 
 async def submit(
     ctx: ApiContext,
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
     *,
     user_id: uuid.UUID,
     idempotency_key: str,
@@ -83,6 +89,11 @@ async def submit(
     try:
         state = await _claim(ctx.redis, key, print_)
         if state == "new" or (state == "pending" and not await _wait_sent(ctx.redis, key)):
+            # Redis knows nothing (a new key, or its record expired) or the first request
+            # died: the durable record decides whether this body may be produced.
+            await _remember(ctx.redis, key, pool, scope=f"user:{user_id}",
+                            idempotency_key=idempotency_key, print_=print_,
+                            transfer_id=request.transfer_id)  # fmt: skip
             await ctx.producer.send(
                 ctx.settings.topic(TRANSFERS_REQUESTED),
                 key=request.debit_account.encode(),
@@ -98,6 +109,39 @@ async def submit(
                 )
                 await pipe.execute()
     except redis.RedisError as exc:
+        raise StateUnavailable(
+            "the idempotency store is unavailable; retry with the same Idempotency-Key",
+            headers={"Retry-After": "2"},
+        ) from exc
+
+
+async def _remember(
+    client: redis.asyncio.Redis,
+    key: str,
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+    *,
+    scope: str,
+    idempotency_key: str,
+    print_: str,
+    transfer_id: uuid.UUID,
+) -> None:
+    """Keep the key's first fingerprint in PostgreSQL; 422 if it was another body.
+
+    A refused request drops the Redis record it just made, so a retry of the first
+    body finds the durable record again instead of this body's fingerprint.
+    """
+    try:
+        async with pool.connection() as db:
+            await idempotency.remember_async(db, scope, idempotency_key, print_, transfer_id)
+    except idempotency.IdempotencyKeyReused as exc:
+        raw = await client.get(key)
+        if raw is not None and orjson.loads(raw)["fingerprint"] == print_:
+            await client.delete(key)
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request; use a new "
+            "key for a new transfer"
+        ) from exc
+    except psycopg.OperationalError as exc:  # PoolTimeout too: PostgreSQL is away
         raise StateUnavailable(
             "the idempotency store is unavailable; retry with the same Idempotency-Key",
             headers={"Retry-After": "2"},
@@ -140,7 +184,9 @@ async def _wait_sent(client: redis.asyncio.Redis, key: str) -> bool:
     deadline = asyncio.get_running_loop().time() + PENDING_WAIT_S
     while asyncio.get_running_loop().time() < deadline:
         raw = await client.get(key)
-        if raw is not None and orjson.loads(raw)["state"] == "sent":
+        if raw is None:  # the first request was refused (or the record expired)
+            return False
+        if orjson.loads(raw)["state"] == "sent":
             return True
         await asyncio.sleep(PENDING_POLL_S)
     return False

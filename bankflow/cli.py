@@ -390,13 +390,23 @@ def deposit(
     account: Annotated[str, typer.Argument(help="Account id or IBAN to credit.")],
     amount: Annotated[str, typer.Argument(help="Decimal amount, e.g. 100.00.")],
     currency: Annotated[str, typer.Argument(help="ISO 4217 code.")],
-    idempotency_key: Annotated[str | None, typer.Option(help="Repeat a deposit safely.")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Repeat a deposit safely; one is generated (and printed) if not given."),
+    ] = None,
 ) -> None:
-    """A cash deposit: a transfer from the bank's cash account, through the pipeline."""
+    """A cash deposit: a transfer from the bank's cash account, through the pipeline.
+
+    The idempotency key names the deposit: the same key again is the same deposit (a
+    retry), and the same key with another account or amount is refused.
+    """
     import uuid
+
+    import orjson
 
     from bankflow.bootstrap import db_connect, kafka_producer
     from bankflow.domain.money import parse_amount
+    from bankflow.idempotency import fingerprint, remember
     from bankflow.ledger.accounts import find_internal_account, get_account
     from producers.intake import publish_requests
     from schemas.topics import TRANSFERS_REQUESTED
@@ -404,24 +414,31 @@ def deposit(
 
     settings = _settings()
     amount_minor = parse_amount(amount, currency)
+    key = idempotency_key or str(uuid.uuid4())
+    if idempotency_key is None:
+        # Printed before anything is sent: whatever happens next, a retry can reuse it.
+        console.print(f"idempotency key {key} (repeat with --idempotency-key {key})",
+                      highlight=False, soft_wrap=True)  # fmt: skip
     with db_connect(settings) as conn:
         credit = get_account(conn, account)
         cash = find_internal_account(conn, "cash", currency)
-    if cash is None:
-        console.print(f"[red]the bank has no cash account in {currency}[/red]")
-        raise typer.Exit(1)
-    key = idempotency_key or str(uuid.uuid4())
-    request = TransferRequest(
-        transfer_id=transfer_id_for("cli:deposit", key),
-        source=TransferSource.API,
-        debit_account=str(cash.id),
-        credit_account=str(credit.id),
-        amount_minor=amount_minor,
-        currency=currency,
-        description="cash deposit",
-        category="cash",
-        requested_by="cli:deposit",
-    )
+        if cash is None:
+            console.print(f"[red]the bank has no cash account in {currency}[/red]")
+            raise typer.Exit(1)
+        request = TransferRequest(
+            transfer_id=transfer_id_for("cli:deposit", key),
+            source=TransferSource.API,
+            debit_account=str(cash.id),
+            credit_account=str(credit.id),
+            amount_minor=amount_minor,
+            currency=currency,
+            description="cash deposit",
+            category="cash",
+            requested_by="cli:deposit",
+        )
+        body = {"account": str(credit.id), "amount_minor": amount_minor, "currency": currency}
+        print_ = fingerprint("deposit", orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+        remember(conn, "cli:deposit", key, print_, request.transfer_id)
     publish_requests(kafka_producer(settings), settings.topic(TRANSFERS_REQUESTED), [request])
     console.print(f"deposit {request.transfer_id} requested: {amount} {currency} to {credit.iban}")
 

@@ -244,7 +244,7 @@ async def _submit(
 ) -> TransferAccepted:  # fmt: skip
     out = _out_of_request(request)
     await intake.submit(
-        ctx, user_id=user.id, idempotency_key=idempotency_key,
+        ctx, pool, user_id=user.id, idempotency_key=idempotency_key,
         print_=intake.fingerprint(kind, body.model_dump(mode="json")), request=request,
         summary={"requested_by": request.requested_by, "out": out},
     )  # fmt: skip
