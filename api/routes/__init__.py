@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import accounts, auth, ops, review, transfers, users
+from api.routes import accounts, auth, batches, ops, review, transfers, users
 
 ROUTERS: tuple[APIRouter, ...] = (
     auth.router,
     users.router,
     transfers.router,
+    batches.router,
     review.router,
     accounts.router,
     ops.router,

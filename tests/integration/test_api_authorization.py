@@ -34,7 +34,9 @@ pytestmark = pytest.mark.timeout(120)
 
 #: What each path parameter is filled with: Ann's resources, or harmless values.
 PARAMETERS = {"month": "2026-11", "name": "ops.js"}
-TABLES = ("accounts", "customers", "users", "transfer_status", "review_queue", "outbox")
+TABLES = (
+    "accounts", "customers", "users", "transfer_status", "review_queue", "outbox", "batches",
+)  # fmt: skip
 
 
 def snapshot(db: Any) -> dict[str, list[Any]]:
@@ -63,7 +65,14 @@ def test_another_customers_ids_answer_404_and_staff_routes_403(
             (transfer, f"customer:{ann['customer_id']}", str(account), str(account),
              datetime.now(UTC)),
         )  # fmt: skip
-        ids = {"account_id": str(account), "transfer_id": str(transfer), "user_id": ann["id"]}
+        batch = uuid.uuid4()
+        db.execute(
+            "insert into batches (id, submitted_by, submitter_role, customer_id, channel, format,"
+            " digest, status) values (%s, %s, 'customer', %s, 'api', 'pain001', %s, 'ingested')",
+            (batch, ann["id"], ann["customer_id"], "0" * 64),
+        )
+        ids = {"account_id": str(account), "transfer_id": str(transfer), "user_id": ann["id"],
+               "batch_id": str(batch)}  # fmt: skip
         before = snapshot(db)
 
         forbidden, hidden = [], []
