@@ -41,6 +41,7 @@ from bankflow.bootstrap import kafka_producer
 from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
 from bankflow.settings import Settings
 from producers.ingest.run import ingest
+from producers.ingest.submitters import customer_submitter
 from schemas import headers as h
 from schemas.topics import (
     TRANSFERS_ACCEPTED,
@@ -189,6 +190,12 @@ def _world(settings: Settings, db: Any) -> World:
     )
     cash = find_internal_account(db, "cash", EUR)
     assert cash is not None
+    # The target customer's user submits the batch files (``bankflow ingest --submitted-by``).
+    db.execute(
+        "insert into users (id, email, password_hash, role, customer_id)"
+        " values (%s, %s, 'not-a-hash', 'customer', %s)",
+        (uuid.uuid4(), BATCH_SUBMITTER, target_customer),
+    )
     targets = FuzzTargets(settings, debit.id, credit.id, target_customer, debit.iban)
     return World(settings, db, targets, cash.id, control.id, "")
 
@@ -532,6 +539,8 @@ def _send(
 
 # ------------------------------------------------------------------ batch lines
 
+#: The email of the target customer's user, who hands in every fuzzed batch file.
+BATCH_SUBMITTER = "target@fuzz.example"
 LINE_FIELDS = (
     "debit_account", "credit_account", "amount", "currency", "description", "category",
     "tags", "reference",
@@ -545,6 +554,7 @@ def _fuzz_batch_lines(world: World, tmp_path: Path, batch: int) -> list[str]:
             "currency": EUR, "description": "fuzz", "category": "fuzz", "tags": "a;b",
             "reference": "r"}  # fmt: skip
     failures: list[str] = []
+    submitter = customer_submitter(uuid.uuid4(), BATCH_SUBMITTER, t.customer)
     folder = tmp_path / f"lines-{batch}"
     folder.mkdir()
     files = iter(range(10**6))
@@ -563,17 +573,19 @@ def _fuzz_batch_lines(world: World, tmp_path: Path, batch: int) -> list[str]:
         path.write_bytes(_file(fmt, [good, bad, good]))
         where = f"{fmt} {name}={bad[name]!r}"
         try:
-            report = ingest(world.settings, path, fmt)  # type: ignore[arg-type]
+            report = ingest(world.settings, path, fmt, submitter=submitter)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - what the fuzz test looks for
             failures.append(f"{where}: ingest raised {type(exc).__name__}: {exc}")
             return
         failures.extend(f"{where}: {p}" for p in _line_problems(fmt, report))
 
     ingest_one()
-    # The CLI once per batch, on a file with one fuzzed line of each field.
+    # The CLI once per batch, on a file with one fuzzed line of each field (the good
+    # line names the batch: the same file twice would be a duplicate, and send nothing).
     path = folder / "all.csv"
-    path.write_bytes(_file("csv", [good, *({**good, n: "\x00\udc80" + n} for n in LINE_FIELDS)]))
-    done = run_cli(world.settings, "ingest", str(path), "--json")
+    first = {**good, "description": f"fuzz batch {batch}"}
+    path.write_bytes(_file("csv", [first, *({**good, n: "\x00\udc80" + n} for n in LINE_FIELDS)]))
+    done = run_cli(world.settings, "ingest", str(path), "--submitted-by", BATCH_SUBMITTER, "--json")
     if done.returncode != 0 or json.loads(done.stdout)["requests_produced"] != 1:
         failures.append(f"bankflow ingest: exit {done.returncode} {done.stdout} {done.stderr}")
     return failures
