@@ -58,9 +58,9 @@ select l.key, l.transfer_id, l.line,
        coalesce(t.status,
                 case when s.status in ('rejected', 'review') then s.status end,
                 'pending') as status,
-       coalesce(t.reason,
-                case when s.status in ('rejected', 'review')
-                     then nullif(array_to_string(s.reasons, ','), '') end) as reason
+       case when t.id is not null then t.reason
+            when s.status in ('rejected', 'review')
+            then nullif(array_to_string(s.reasons, ','), '') end as reason
 from batch_lines l
 left join transfers t on t.id = l.transfer_id
 left join transfer_status s on s.transfer_id = l.transfer_id

@@ -379,3 +379,63 @@ def test_an_inbox_file_is_submitted_by_the_user_its_folder_names(
     again = json.loads((inbox / "bob@x.com" / "done" / "again.csv.report.json").read_text())
     assert again["duplicate_of"] == report["batch_id"] and again["requests_produced"] == 0
     assert len(batch_requests(world.settings, 2)) == 2
+
+
+# ------------------------------------------------------------ ledger truth
+
+
+def test_final_states_are_the_ledgers_whatever_a_decision_topic_says(
+    world: World, tmp_path: Path
+) -> None:
+    """A copy of a line's request was rejected while the first one posted: ``--wait``
+    (``follow``), the batch's counts and its pain.002 say posted; a rejection stands
+    only for a line the ledger does not hold."""
+    from bankflow.bootstrap import db_connect, kafka_producer
+    from producers.ingest.batches import batch_outcomes
+    from producers.ingest.outcomes import decision_positions, follow
+    from schemas.topics import TRANSFERS_REJECTED
+    from schemas.transfers import RejectedTransfer, TransferSource
+
+    path = tmp_path / "bob.csv"
+    path.write_bytes(bobs_file_with_a_line_of_anns(world))
+    positions = decision_positions(world.settings)
+    done = run_cli(world.settings, "ingest", str(path), "--submitted-by", "bob@x.com", "--json")
+    assert done.returncode == 0, done.stderr
+    batch_id = json.loads(done.stdout)["batch_id"]
+    with db_connect(world.settings, autocommit=True) as conn:
+        transfers, _ = batch_outcomes(conn, batch_id)
+    (_, posted_id), (_, rejected_id) = transfers
+    b1, b2 = world.bob.accounts
+    # Posted in the ledger as the first request's outcome; a rejection of a copy of it,
+    # and a rejection of the other line (which the ledger does not hold).
+    world.db.execute(
+        "insert into transfers (id, source, debit_account_id, credit_account_id, amount_minor,"
+        " currency, status, requested_at)"
+        " values (%s, 'batch', %s, %s, 1250, 'EUR', 'posted', now())",
+        (posted_id, b1.id, b2.id),
+    )
+    producer = kafka_producer(world.settings)
+    for transfer_id in (posted_id, rejected_id):
+        rejection = RejectedTransfer(
+            transfer_id=transfer_id, source=TransferSource.BATCH, debit_account=str(b1.id),
+            credit_account=str(b2.id), amount_minor=1250, currency="EUR",
+            reasons=["above_daily_limit"],
+        )  # fmt: skip
+        world.db.execute(
+            "insert into transfer_status (transfer_id, debit_account, credit_account,"
+            " amount_minor, currency, status, reasons, requested_at)"
+            " values (%s, 'x', 'y', 1250, 'EUR', 'rejected', '{above_daily_limit}', now())",
+            (transfer_id,),
+        )
+        producer.produce(world.settings.topic(TRANSFERS_REJECTED), key=b"k",
+                         value=rejection.model_dump_json().encode())  # fmt: skip
+    assert producer.flush(30) == 0
+
+    outcomes = follow(world.settings, [posted_id, rejected_id], positions, timeout_s=30)
+    assert outcomes == {
+        posted_id: ("posted", None),
+        rejected_id: ("rejected", "above_daily_limit"),
+    }
+    batch = world.client.get(f"/v1/batches/{batch_id}", headers=world.bob.auth).json()
+    assert batch["statuses"] == {"posted": 1, "rejected": 1, "refused": 1}
+    assert batch["reasons"] == {"above_daily_limit": 1}
