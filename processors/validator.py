@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -178,24 +179,78 @@ class Validator(Stage):
     def _decide(self, messages: Sequence[Message]) -> list[Output]:
         """Every output of a batch, in the order of the input.
 
-        Reading accounts (PostgreSQL) and the fraud state (Redis) happens here, before
-        the Kafka transaction; a dependency that is down sends the requests that need
-        it to the next retry tier instead of stopping the stream.
+        Each transfer id is decided once (``validator_decisions``): a request whose id
+        was decided before, in an earlier batch or earlier in this one, is answered with
+        that decision and never reaches the rules or the fraud state again. Reading
+        accounts and decisions (PostgreSQL) and the fraud state (Redis) happens here,
+        before the Kafka transaction; a dependency that is down sends the requests that
+        need it to the next retry tier instead of stopping the stream.
         """
         outputs: dict[int, Output] = {}
-        requests: list[tuple[int, Message, TransferRequest]] = []
+        fresh: list[tuple[int, Message, TransferRequest]] = []
+        copies: list[tuple[int, Message, int]] = []  # a later copy and its first's index
+        first: dict[uuid.UUID, int] = {}
         for n, m in enumerate(messages):
             try:
-                requests.append((n, m, TransferRequest.model_validate_json(m.value() or b"")))
+                request = TransferRequest.model_validate_json(m.value() or b"")
             except ValidationError as exc:
                 outputs[n] = self._failed(m, PoisonMessage(describe(exc)))
+                continue
+            if request.transfer_id in first:
+                copies.append((n, m, first[request.transfer_id]))
+            else:
+                first[request.transfer_id] = n
+                fresh.append((n, m, request))
         try:
-            accounts = self._load_accounts([r for _, _, r in requests])
+            with self.pool.connection(timeout=DB_CONNECT_TIMEOUT_S) as conn:
+                known = stored_decisions(conn, [r.transfer_id for _, _, r in fresh])
+                undecided = [(n, m, r) for n, m, r in fresh if r.transfer_id not in known]
+                accounts = self._load_accounts(conn, [r for _, _, r in undecided])
         except psycopg.OperationalError as exc:  # PoolTimeout too: PostgreSQL is away
-            error = DependencyUnavailable(f"PostgreSQL: {exc}".strip())
-            log.warning("%s; %d request(s) to the retry tiers", error, len(requests))
-            outputs.update((n, self._failed(m, error)) for n, m, _ in requests)
-            return [outputs[n] for n in sorted(outputs)]
+            return self._all_retried(messages, outputs, exc)
+        for n, m, request in fresh:
+            stored = known.get(request.transfer_id)
+            if stored is not None:
+                outputs[n] = stored.answering(m)
+        decided = self._decide_new(undecided, accounts)
+        try:
+            with self.pool.connection(timeout=DB_CONNECT_TIMEOUT_S) as conn:
+                winners = store_decisions(conn, decided, {n: r for n, _, r in undecided})
+        except psycopg.OperationalError as exc:
+            # Nothing published, nothing stored: the retry brings them back to be decided
+            # (the fraud state recorded them by transfer id, so it counts nothing twice).
+            return self._all_retried(messages, outputs, exc)
+        for n, m, _ in undecided:
+            won = winners.get(n)
+            outputs[n] = won.answering(m) if won is not None else decided[n]
+        for n, m, of in copies:
+            answer = outputs[of]
+            if answer.topic in DECISION_TOPICS:
+                outputs[n] = Output(answer.topic, answer.key, answer.value,
+                                    without_failure_headers(m.headers()))  # fmt: skip
+            else:  # the first copy was not decided (a retry tier): neither is this one
+                outputs[n] = self._failed(
+                    m, DependencyUnavailable("an earlier copy in its batch was not decided")
+                )
+        return [outputs[n] for n in sorted(outputs)]
+
+    def _all_retried(
+        self, messages: Sequence[Message], outputs: dict[int, Output], exc: Exception
+    ) -> list[Output]:
+        """PostgreSQL is away: every request that is not poison to the next retry tier."""
+        error = DependencyUnavailable(f"PostgreSQL: {exc}".strip())
+        waiting = [n for n in range(len(messages)) if n not in outputs]
+        log.warning("%s; %d request(s) to the retry tiers", error, len(waiting))
+        outputs.update((n, self._failed(messages[n], error)) for n in waiting)
+        return [outputs[n] for n in sorted(outputs)]
+
+    def _decide_new(
+        self,
+        requests: Sequence[tuple[int, Message, TransferRequest]],
+        accounts: Mapping[str, AccountFacts],
+    ) -> dict[int, Output]:
+        """Validation, limits and fraud rules for requests never decided before."""
+        outputs: dict[int, Output] = {}
         passed: list[Screening] = []
         for n, m, request in requests:
             decision = validate(request, accounts)
@@ -212,7 +267,7 @@ class Validator(Stage):
                 )  # fmt: skip
         if passed:
             outputs.update(self._screen(passed))
-        return [outputs[n] for n in sorted(outputs)]
+        return outputs
 
     def _screen(self, passed: list[Screening]) -> dict[int, Output]:
         """Daily limits and fraud rules, against the debit accounts' state in Redis."""
@@ -244,7 +299,9 @@ class Validator(Stage):
         outputs.update(outcomes.outputs)
         return outputs
 
-    def _load_accounts(self, requests: Sequence[TransferRequest]) -> dict[str, AccountFacts]:
+    def _load_accounts(
+        self, conn: psycopg.Connection[Any], requests: Sequence[TransferRequest]
+    ) -> dict[str, AccountFacts]:
         keys = {
             account_reference_key(ref)
             for r in requests
@@ -259,12 +316,11 @@ class Validator(Stage):
         ibans = [k for k in keys if not _is_uuid(k) and looks_like_iban(k)]
         if not ids and not ibans:
             return {}
-        with self.pool.connection(timeout=DB_CONNECT_TIMEOUT_S) as conn:
-            rows = conn.execute(
-                "select id, iban, customer_id, type, currency, status from accounts "
-                "where id = any(%s::uuid[]) or iban = any(%s::text[])",
-                (ids, ibans),
-            ).fetchall()
+        rows = conn.execute(
+            "select id, iban, customer_id, type, currency, status from accounts "
+            "where id = any(%s::uuid[]) or iban = any(%s::text[])",
+            (ids, ibans),
+        ).fetchall()
         facts: dict[str, AccountFacts] = {}
         for row in rows:
             account = AccountFacts(
@@ -282,6 +338,64 @@ class Validator(Stage):
             now=datetime.now(UTC),
         )
         return Output(route.topic, message.key(), message.value(), route.headers)
+
+
+#: The outcomes that are decisions, kept once per transfer id (a retry tier is not one).
+DECISION_TOPICS = frozenset({TRANSFERS_ACCEPTED, TRANSFERS_REVIEW, TRANSFERS_REJECTED})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """A transfer id's first decision, as published (``validator_decisions``)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+    def answering(self, message: Message) -> Output:
+        """The decision again, for ``message`` (a copy): its own headers, the first's body."""
+        return Output(self.topic, self.key, self.value, without_failure_headers(message.headers()))
+
+
+def stored_decisions(
+    conn: psycopg.Connection[Any], transfer_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, StoredDecision]:
+    if not transfer_ids:
+        return {}
+    rows = conn.execute(
+        "select transfer_id, topic, key, value from validator_decisions "
+        "where transfer_id = any(%s::uuid[])",
+        (list(transfer_ids),),
+    ).fetchall()
+    return {r[0]: StoredDecision(r[1], _bytes(r[2]), bytes(r[3])) for r in rows}
+
+
+def store_decisions(
+    conn: psycopg.Connection[Any],
+    outputs: Mapping[int, Output],
+    requests: Mapping[int, TransferRequest],
+) -> dict[int, StoredDecision]:
+    """Keep the batch's new decisions; where another instance decided the same id first
+    (a copy on another partition), its decision wins: returned by the request's index."""
+    new = [(n, o) for n, o in outputs.items() if o.topic in DECISION_TOPICS and o.value]
+    if not new:
+        return {}
+    ids = [requests[n].transfer_id for n, _ in new]
+    # One statement (the connection is in autocommit): the rows it could not insert were
+    # committed by another instance, whose decisions are then read back.
+    inserted = conn.execute(
+        "insert into validator_decisions (transfer_id, topic, key, value) "
+        "select * from unnest(%s::uuid[], %s::text[], %s::bytea[], %s::bytea[]) "
+        "on conflict (transfer_id) do nothing returning transfer_id",
+        (ids, [o.topic for _, o in new], [o.key for _, o in new], [o.value for _, o in new]),
+    ).fetchall()
+    lost = set(ids) - {r[0] for r in inserted}
+    winners = stored_decisions(conn, list(lost)) if lost else {}
+    return {n: winners[requests[n].transfer_id] for n, _ in new if requests[n].transfer_id in lost}
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 #: How each outcome is logged (``Validator._log``); the others at DEBUG.
