@@ -446,6 +446,17 @@ def deposit(
 @app.command("ingest")
 def ingest_file(
     path: Annotated[Path, typer.Argument(help="A CSV, JSON Lines or pain.001 file.")],
+    submitted_by: Annotated[
+        str,
+        typer.Option(
+            help="The email of the user who hands the file in: a customer, or a teller or "
+            "admin with --on-behalf-of. Lines may debit only that customer's accounts."
+        ),
+    ],
+    on_behalf_of: Annotated[
+        str | None,
+        typer.Option(help="Staff: the customer (email or id) the file is submitted for."),
+    ] = None,
     file_format: Annotated[
         str | None,
         typer.Option(
@@ -454,7 +465,10 @@ def ingest_file(
     ] = None,
     debtor_account: Annotated[
         str | None,
-        typer.Option(help="Debit this account (id or IBAN) instead of the file's debtor."),
+        typer.Option(
+            help="Debit this account (id or IBAN) instead of the file's debtor; it must be "
+            "one the submitter may debit."
+        ),
     ] = None,
     wait: Annotated[
         bool,
@@ -466,24 +480,27 @@ def ingest_file(
     wait_timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 600,
     as_json: JsonFlag = False,
 ) -> None:
-    """Turn every transaction of a file into a transfer request; report bad lines."""
+    """Turn every transaction of a file into a transfer request; report bad lines.
+
+    The file is recorded as a batch of its submitter; the same file submitted again
+    is a duplicate of that batch and sends nothing.
+    """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from producers.ingest.batches import submit_batch
     from producers.ingest.outcomes import decision_positions
-    from producers.ingest.run import FORMATS, ingest
+    from producers.ingest.run import FORMATS
 
     if file_format is not None and file_format not in FORMATS:
         console.print(f"[red]--format must be one of {', '.join(FORMATS)}[/red]")
         raise typer.Exit(2)
     settings = _settings()
+    submitter = _submitter(settings, submitted_by, on_behalf_of)
     show = not as_json and console.is_terminal
     with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
         disable=not show,
-    ) as bar:
+    ) as bar:  # fmt: skip
         task = bar.add_task(f"ingesting {path.name}", total=None)
         started = time.monotonic()
 
@@ -492,47 +509,89 @@ def ingest_file(
             bar.update(task, description=f"{path.name}: {lines:,} lines, {rate:,.0f} lines/s")
 
         positions = decision_positions(settings) if wait else []
-        report = ingest(
-            settings, path, file_format, debtor_account, progress=progress, keep_ids=wait
-        )
+        try:
+            submitted = submit_batch(
+                settings, path, submitter, channel="cli", fmt=file_format,
+                debtor_account=debtor_account, progress=progress, keep_ids=wait,
+            )  # fmt: skip
+        except OSError as exc:
+            console.print(f"[red]cannot read {path}:[/red] {exc.strerror}", highlight=False)
+            raise typer.Exit(1) from exc
+    report = submitted.report
     document = report.as_dict()
     if wait and not report.refused:
-        document.update(_wait_for_outcomes(settings, path, report, positions, wait_timeout))
-    if as_json:
-        _print_json(document)
-    else:
-        console.print(
-            f"{path}: {report.lines_read} lines read, {report.requests_produced} "
-            f"requests produced, {report.error_count} lines rejected"
-        )
-        for error in report.errors:
-            console.print(f"  line {error.line}: {error.field}: {error.reason}", highlight=False)
-        if report.refused:
-            console.print(f"[red]file refused:[/red] {report.refused}", highlight=False)
-        for key in ("statuses", "reasons"):
-            if key in document:
-                counts = ", ".join(f"{k} {v}" for k, v in sorted(document[key].items()))
-                console.print(f"{key}: {counts or 'none'}")
-        if "pain002" in document:
-            console.print(f"status report: {document['pain002']}")
+        document.update(_wait_for_outcomes(settings, path, submitted, positions, wait_timeout))
+    _print_ingest(path, submitted, document, as_json=as_json)
     if report.refused:
         raise typer.Exit(1)
 
 
-def _wait_for_outcomes(
-    settings: Settings, path: Path, report: Any, positions: list[Any], timeout_s: float
-) -> dict[str, Any]:
-    from producers.ingest.outcomes import follow, pain002, summarise
-    from producers.ingest.pain001 import message_id
+def _submitter(settings: Settings, email: str, on_behalf_of: str | None) -> Any:
+    """The submitter ``--submitted-by`` (and ``--on-behalf-of``) name; exit 2 if none."""
+    from bankflow.bootstrap import db_connect
+    from producers.ingest.records import SubmitterRefused
+    from producers.ingest.submitters import find_submitter
 
-    transfers = report.transfers or []
-    outcomes = follow(settings, [t for _, t in transfers], positions, timeout_s)
+    with db_connect(settings, autocommit=True) as conn:
+        try:
+            return find_submitter(conn, email, on_behalf_of)
+        except SubmitterRefused as exc:
+            console.print(f"[red]--submitted-by:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+
+
+def _print_ingest(path: Path, submitted: Any, document: dict[str, Any], *, as_json: bool) -> None:
+    report = submitted.report
+    if as_json:
+        _print_json(document)
+        return
+    if submitted.duplicate_of is not None:
+        console.print(
+            f"{path} is a duplicate of batch {submitted.duplicate_of} "
+            f"({submitted.batch.status}); nothing was published",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"{path}: batch {submitted.batch.id}: {report.lines_read} lines read, "
+            f"{report.requests_produced} requests produced, {report.error_count} lines rejected",
+            highlight=False,
+        )
+        for error in report.errors:
+            console.print(f"  line {error.line}: {error.field}: {error.reason}", highlight=False)
+    if report.refused:
+        console.print(f"[red]file refused:[/red] {report.refused}", highlight=False)
+    for key in ("statuses", "reasons"):
+        if key in document:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(document[key].items()))
+            console.print(f"{key}: {counts or 'none'}")
+    if "pain002" in document:
+        console.print(f"status report: {document['pain002']}")
+
+
+def _wait_for_outcomes(
+    settings: Settings, path: Path, submitted: Any, positions: list[Any], timeout_s: float
+) -> dict[str, Any]:
+    """Outcomes of the batch's requests (the ledger's first), and its pain.002 for a
+    pain.001. A duplicate is not followed: its outcomes are read as they are now."""
+    from bankflow.bootstrap import db_connect
+    from producers.ingest.batches import batch_outcomes, refused_lines
+    from producers.ingest.outcomes import follow, pain002, summarise
+
+    report, batch = submitted.report, submitted.batch
+    if submitted.duplicate_of is None:
+        transfers = report.transfers or []
+        outcomes = follow(settings, [t for _, t in transfers], positions, timeout_s)
+        refused = report.refused_lines or []
+    else:
+        with db_connect(settings, autocommit=True) as conn:
+            transfers, outcomes = batch_outcomes(conn, batch.id)
+            refused = refused_lines(conn, batch.id)
     result = summarise(outcomes)
-    if report.format == "pain001":
-        with path.open("rb") as stream:
-            original = message_id(stream)
+    if batch.format == "pain001":
         target = path.with_name(path.name + ".pain002.xml")
-        target.write_bytes(pain002(original, transfers, outcomes, report.refused_lines or ()))
+        original = batch.original_message_id or ""
+        target.write_bytes(pain002(original, transfers, outcomes, refused))
         result["pain002"] = str(target)
     return result
 
