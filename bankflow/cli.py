@@ -898,17 +898,79 @@ def halt_list(
 
 @halt_app.command("clear")
 def halt_clear(
-    stage: str,
+    stage: Annotated[
+        str, typer.Argument(help="STAGE, or STAGE:TOPIC:PARTITION for one partition.")
+    ],
     note: Annotated[str, typer.Option(help="What was fixed (recorded with your name).")],
+    actor: Actor,
+    accept_gap: Annotated[
+        bool,
+        typer.Option(
+            "--accept-gap",
+            help="For a partition halted on a gap in its log: resume at the first record "
+            "that exists, knowingly leaving the missing ones unprocessed (account for them "
+            "first: docs/runbook.md#a-gap-in-a-partition).",
+        ),
+    ] = False,
 ) -> None:
-    """Clear a stage's halt once its cause is fixed; it resumes from its stored position
-    within a few seconds, without a restart."""
+    """Clear a stage's (or a partition's) halt once its cause is fixed; it resumes from
+    its stored position within a few seconds, without a restart."""
     from bankflow.bootstrap import db_connect
     from bankflow.streaming import halts
 
-    with db_connect(_settings(), autocommit=True) as conn:
-        cleared = halts.clear(conn, stage, _actor(), note)
+    settings = _settings()
+    with db_connect(settings, autocommit=True) as conn, conn.transaction():
+        if accept_gap:
+            note = f"{_accept_gap(conn, settings, stage)}; {note}"
+        cleared = halts.clear(conn, stage, actor, note)
     console.print(f"cleared the halt of {cleared.stage}, halted since {cleared.halted_at:%c}")
+
+
+def _accept_gap(conn: Any, settings: Settings, scope: str) -> str:
+    """Move the poster's stored position of a halted partition to its log's first record."""
+    from confluent_kafka import TopicPartition
+
+    from bankflow.bootstrap import kafka_consumer
+    from bankflow.registry import service
+    from bankflow.streaming import halts
+
+    parsed = halts.parse_partition_scope(scope)
+    if parsed is None:
+        raise typer.BadParameter(
+            "--accept-gap clears a partition's halt: give STAGE:TOPIC:PARTITION", param_hint="STAGE"
+        )
+    stage, topic, partition = parsed
+    if stage != "poster":
+        raise typer.BadParameter(
+            f"{stage} keeps its positions in Kafka: reset its group's offset for that partition "
+            "with kafka-consumer-groups.sh --reset-offsets --to-earliest while it is stopped",
+            param_hint="STAGE",
+        )
+    group = service(stage).consumer_group(settings)
+    probe = kafka_consumer(settings, group_id=f"{group}-gap-probe")
+    try:
+        low, _high = probe.get_watermark_offsets(
+            TopicPartition(settings.topic(topic), partition), timeout=10, cached=False
+        )
+    finally:
+        probe.close()
+    before = conn.execute(
+        "select next_offset from consumer_offsets "
+        "where group_id = %s and topic = %s and partition = %s for update",
+        (group, settings.topic(topic), partition),
+    ).fetchone()
+    conn.execute(
+        "insert into consumer_offsets (group_id, topic, partition, next_offset) "
+        "values (%s, %s, %s, %s) on conflict (group_id, topic, partition) do update "
+        "set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset), "
+        "updated_at = now()",
+        (group, settings.topic(topic), partition, low),
+    )
+    start = before[0] if before else 0
+    return (
+        f"gap accepted: {topic}[{partition}] offsets {start}..{low - 1} left unprocessed, "
+        f"resumes at {low}"
+    )
 
 
 # --------------------------------------------------------------------- lag

@@ -33,11 +33,12 @@ import redis.asyncio
 from pydantic import ValidationError
 
 from bankflow.balance_cache import BalanceCache
-from bankflow.bootstrap import db_connect_async, kafka_consumer, redis_async
+from bankflow.bootstrap import db_connect_async, redis_async
 from bankflow.ledger.account_store import balance_snapshots
 from bankflow.registry import service
 from bankflow.settings import Settings
 from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
+from bankflow.streaming.kafka import stage_consumer
 from schemas.topics import TRANSFERS_POSTED
 from schemas.transfers import TransferEvent
 
@@ -147,7 +148,7 @@ def build(settings: Settings) -> StageRunner[CacheAgent]:
     client = redis_async(
         settings, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
     )
-    consumer = kafka_consumer(settings, group_id=group_id(settings))
+    consumer = stage_consumer(settings, group_id=group_id(settings))
     agent = CacheAgent(CacheUpdater(settings, client), loop)
     return StageRunner(settings, agent, consumer)
 

@@ -16,14 +16,14 @@ import psycopg
 from confluent_kafka import Message
 
 from bankflow import logs
-from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.bootstrap import db_connect
 from bankflow.dead_letters import store
 from bankflow.metrics import GAUGE_REFRESH_S, DeadLetterMetrics, logical_topic, registered
 from bankflow.observability import connection_alive
 from bankflow.registry import service
 from bankflow.settings import Settings
 from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
-from bankflow.streaming.kafka import position
+from bankflow.streaming.kafka import position, stage_consumer
 from schemas import headers as h
 from schemas.topics import TRANSFERS_DLQ
 from schemas.transfers import CONTROL_CHARACTERS
@@ -147,7 +147,7 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
 def build(settings: Settings) -> StageRunner[DeadLetterSink]:
     """The composition root: the sink's consumer and database connection."""
     group = service("dlq-sink").consumer_group(settings)
-    consumer = kafka_consumer(settings, group_id=group)
+    consumer = stage_consumer(settings, group_id=group)
     return StageRunner(settings, DeadLetterSink(settings, _connect(settings)), consumer)
 
 

@@ -21,7 +21,7 @@ import psycopg
 from confluent_kafka import Message
 from pydantic import ValidationError
 
-from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.bootstrap import db_connect
 from bankflow.ledger.errors import OffsetsMoved
 from bankflow.ledger.store import (
     BatchSummary,
@@ -38,7 +38,7 @@ from bankflow.settings import Settings
 from bankflow.streaming import Batch, InDatabase, Output, Stage, StageHalted, StageRunner, serve
 from bankflow.streaming.errors import PositionMoved
 from bankflow.streaming.halts import Halts
-from bankflow.streaming.kafka import position
+from bankflow.streaming.kafka import position, stage_consumer
 from schemas.errors import describe
 from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_DLQ, TRANSFERS_FAILED, TRANSFERS_POSTED
 from schemas.transfers import AcceptedTransfer
@@ -241,7 +241,7 @@ def _refused_by_database(error: Exception) -> bool:
 
 def build(settings: Settings) -> StageRunner[Poster]:
     """The composition root: the poster's consumer and database connection."""
-    consumer = kafka_consumer(
+    consumer = stage_consumer(
         settings,
         group_id=settings.poster_group,
         **{"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 1000},

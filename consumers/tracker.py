@@ -33,13 +33,14 @@ import psycopg
 from confluent_kafka import Message
 from pydantic import ValidationError
 
-from bankflow.bootstrap import db_connect, kafka_consumer
+from bankflow.bootstrap import db_connect
 from bankflow.failures import PoisonMessage
 from bankflow.metrics import TrackerMetrics, registered
 from bankflow.observability import connection_alive
 from bankflow.review import SUPERSEDE_HELD_SQL, expire_reviews
 from bankflow.settings import Settings
 from bankflow.streaming import AfterEffect, Batch, Output, Stage, StageRunner, serve
+from bankflow.streaming.kafka import stage_consumer
 from bankflow.streaming.stage import dead_letter_output
 from schemas.errors import describe
 from schemas.topics import (
@@ -315,7 +316,7 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
 
 def build(settings: Settings) -> StageRunner[Tracker]:
     """The composition root: the tracker's consumer and database connection."""
-    consumer = kafka_consumer(
+    consumer = stage_consumer(
         settings, group_id=settings.tracker_group, **{"session.timeout.ms": 10_000}
     )
     return StageRunner(settings, Tracker(settings, _connect(settings)), consumer)

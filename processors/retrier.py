@@ -24,11 +24,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from bankflow.bootstrap import kafka_consumer
 from bankflow.failures import HeaderList, PoisonMessage, header_map
 from bankflow.metrics import RetrierMetrics, logical_topic, registered
 from bankflow.settings import Settings
 from bankflow.streaming import Batch, KafkaTransaction, Output, Stage, StageRunner, serve
+from bankflow.streaming.kafka import stage_consumer
 from bankflow.streaming.stage import Partition, dead_letter_output
 from schemas import headers as h
 from schemas.topics import TRANSFERS_DLQ, TRANSFERS_REQUESTED, retry_topic
@@ -179,7 +179,7 @@ def _not_before(message: Message) -> datetime | None:
 
 def build(settings: Settings, **consumer_config: Any) -> StageRunner[Retrier]:
     """The composition root; ``consumer_config`` adds consumer settings (tests)."""
-    consumer = kafka_consumer(
+    consumer = stage_consumer(
         settings, group_id=settings.retrier_group,
         **{"session.timeout.ms": 10_000, **consumer_config},
     )  # fmt: skip

@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from bankflow import logs
-from bankflow.bootstrap import db_pool, kafka_consumer, redis_client
+from bankflow.bootstrap import db_pool, redis_client
 from bankflow.domain.iban import account_reference_key, looks_like_iban
 from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
 from bankflow.errors import BankflowError
@@ -51,6 +51,7 @@ from bankflow.failures import (
 from bankflow.metrics import NO_REASON, ValidatorMetrics, registered
 from bankflow.settings import Settings
 from bankflow.streaming import Batch, KafkaTransaction, Output, Stage, StageRunner, serve
+from bankflow.streaming.kafka import stage_consumer
 from processors.fraud import (
     AccountState,
     Activity,
@@ -527,7 +528,7 @@ def build(settings: Settings) -> StageRunner[Validator]:
     """The composition root: the validator's clients, made once from the settings."""
     ruleset = load_ruleset(settings.fraud_rules)
     log.info("fraud rules %s from %s", ruleset.version, settings.fraud_rules)
-    consumer = kafka_consumer(
+    consumer = stage_consumer(
         settings, group_id=settings.validator_group, **{"session.timeout.ms": 10_000}
     )
     client = redis_client(

@@ -3,6 +3,10 @@
 ``bankflow halt list`` shows them, ``bankflow halt clear STAGE --note TEXT`` clears
 one; a halted stage notices within ``HALT_CHECK_S`` and resumes from its stored
 position.
+
+A halt covers a whole stage (``poster``) or one partition of it, named
+``STAGE:TOPIC:PARTITION`` with the logical topic (``poster:transfers.accepted:2``):
+a gap in that partition's log halts it and leaves the others running.
 """
 
 from __future__ import annotations
@@ -85,6 +89,29 @@ def clear(conn: psycopg.Connection[Any], stage: str, actor: str, note: str) -> H
     return cleared
 
 
+def partition_scope(stage: str, topic: str, partition: int) -> str:
+    """The name a partition's halt is kept under (``topic`` logical, without prefix)."""
+    return f"{stage}:{topic}:{partition}"
+
+
+def parse_partition_scope(scope: str) -> tuple[str, str, int] | None:
+    """Stage, logical topic and partition of a partition's halt; None for a stage's."""
+    stage, _, rest = scope.partition(":")
+    topic, _, number = rest.rpartition(":")
+    if not stage or not topic or not number.isdigit():
+        return None
+    return stage, topic, int(number)
+
+
+def open_scopes(conn: psycopg.Connection[Any], stage: str) -> set[str]:
+    """The names of the open partition halts of ``stage``."""
+    rows = conn.execute(
+        "select stage from stage_halts where stage like %s and cleared_at is null",
+        (f"{stage}:%",),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 class Halts:
     """A stage's view of its halt, over the stage's own connection (a callable, since the
     stage reopens its connection after an outage)."""
@@ -98,3 +125,15 @@ class Halts:
 
     def record(self, reason: str) -> None:
         record(self._connection(), self.stage, reason)
+
+    def record_partition(self, topic: str, partition: int, reason: str) -> None:
+        record(self._connection(), partition_scope(self.stage, topic, partition), reason)
+
+    def open_partitions(self) -> set[tuple[str, int]]:
+        """(logical topic, partition) of every open partition halt of the stage."""
+        found = set()
+        for scope in open_scopes(self._connection(), self.stage):
+            parsed = parse_partition_scope(scope)
+            if parsed is not None:
+                found.add((parsed[1], parsed[2]))
+        return found

@@ -11,7 +11,8 @@ transactional id, or broke) needs a new producer, and the batch is redone too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -23,7 +24,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from bankflow.bootstrap import kafka_producer
+from bankflow.bootstrap import kafka_consumer, kafka_producer
 from bankflow.settings import Settings
 
 #: A transaction the broker has not seen finish within this long is aborted by it, so
@@ -73,14 +74,73 @@ def recover(
     return producer
 
 
-def rewind(consumer: Consumer) -> None:
-    """Seek every assigned partition back to its committed offset."""
-    assignment = consumer.assignment()
+def rewind(
+    consumer: Consumer, skip: Collection[tuple[str, int]] = ()
+) -> dict[tuple[str, int], int | None]:
+    """Seek every assigned partition but ``skip`` (halted ones) back to its committed
+    offset; the offsets (None: nothing committed, read from the start)."""
+    assignment = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in skip]
     if not assignment:
-        return
+        return {}
+    placed: dict[tuple[str, int], int | None] = {}
     for tp in consumer.committed(assignment, timeout=TXN_TIMEOUT_S):
         position = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
         consumer.seek(TopicPartition(tp.topic, tp.partition, position))
+        placed[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+    return placed
+
+
+#: Stage consumers never let librdkafka choose where to read: an offset that is out of
+#: range (records deleted by retention or DeleteRecords) is reported as an error that
+#: the runtime turns into a halt of that partition, never a silent jump forward.
+NO_AUTO_RESET = {"auto.offset.reset": "error"}
+#: How long a watermark lookup may take before the check is tried again later.
+WATERMARK_TIMEOUT_S = 10
+
+
+def stage_consumer(settings: Settings, *, group_id: str, **overrides: Any) -> Consumer:
+    """A stage's consumer: ``kafka_consumer`` that never resets an offset on its own."""
+    return kafka_consumer(settings, group_id=group_id, **{**overrides, **NO_AUTO_RESET})
+
+
+def committed_offsets(
+    consumer: Consumer, partitions: Sequence[TopicPartition]
+) -> dict[tuple[str, int], int | None]:
+    """The group's committed next offset of each partition (None: nothing committed)."""
+    found = consumer.committed(list(partitions), timeout=TXN_TIMEOUT_S)
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in found}
+
+
+def gap(consumer: Consumer, topic: str, partition: int, expected: int | None) -> str | None:
+    """Why reading ``topic[partition]`` from ``expected`` (None: from the start, nothing
+    processed yet) would skip records; None when nothing would be skipped.
+
+    Kafka deletes records only from the start of a partition's log (retention,
+    DeleteRecords; bankflow's topics are not compacted), so a position at or after the
+    log's first offset skips nothing: what a read_committed consumer does not see
+    between there and its first record are transaction markers and aborted records.
+    """
+    low, high = consumer.get_watermark_offsets(
+        TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_S, cached=False
+    )
+    if expected is None:
+        if low > 0:
+            return (
+                f"{topic}[{partition}] starts at offset {low}: records 0..{low - 1} were "
+                "deleted before anything of this partition was processed"
+            )
+        return None
+    if expected < low:
+        return (
+            f"{topic}[{partition}]: records {expected}..{low - 1} were deleted before they "
+            f"were processed (the stored position is {expected}, the log now starts at {low})"
+        )
+    if expected > high:
+        return (
+            f"{topic}[{partition}]: the stored position {expected} is past the end of the log "
+            f"({high}); the topic was recreated or truncated"
+        )
+    return None
 
 
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

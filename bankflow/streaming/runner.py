@@ -20,6 +20,7 @@ raises is a fault of the runtime or the deployment, and the supervisor restarts 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -47,6 +49,8 @@ from bankflow.streaming.backoff import Backoff, short
 from bankflow.streaming.errors import PositionMoved, StageHalted, is_transient
 from bankflow.streaming.kafka import (
     TXN_TIMEOUT_S,
+    committed_offsets,
+    gap,
     next_offsets,
     position,
     recover,
@@ -96,6 +100,14 @@ class StageRunner(Generic[S]):
         self.backoff = Backoff(stage.name, self.stopped, self.log)
         self.halted_reason: str | None = None
         self.next_halt_check = 0.0
+        #: Partitions halted on a gap in their log (``_halt_partition``), with the reason.
+        self.halted_partitions: dict[Partition, str] = {}
+        #: Where each partition's next record should be after the stage was (re)placed
+        #: (None: from the start); its first record is checked against it (``_first_checked``).
+        self.first_expected: dict[Partition, int | None] = {}
+        #: A cleared partition was in librdkafka's error state (its offset was out of
+        #: range): it cannot be sought, only assigned anew, at the next rewind.
+        self.reassign_owed = False
         self._subscribed = False
         self._logical = {settings.topic(t): t for t in stage.topics()}
         #: Signing and verifying keys, read once (a verifier reloads on an unknown key id).
@@ -169,17 +181,35 @@ class StageRunner(Generic[S]):
                 p.offset = offset if offset is not None else OFFSET_BEGINNING
                 self.positions[(p.topic, p.partition)] = offset
             consumer.assign(partitions)
+            starts = {k: self.positions[k] for k in keys if not self.rewind_owed}
         else:
+            try:
+                starts = committed_offsets(consumer, partitions)
+            except KafkaException as exc:
+                # librdkafka resumes from the committed offsets itself; a partition with
+                # none is reported (auto.offset.reset=error) and placed by _reset_refused.
+                self.log.warning("committed offsets unavailable (%s); reading them later", exc)
+                starts = {}
+            else:
+                for p in partitions:
+                    offset = starts.get((p.topic, p.partition))
+                    p.offset = offset if offset is not None else OFFSET_BEGINNING
+                consumer.assign(partitions)
             self.positions.update(dict.fromkeys(keys))
+        self.first_expected.update(starts)
         self.log.info(
             "assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions)
         )
+        self._check_gaps(starts)
         self.stage.assigned(keys)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
         for key in keys:
             self.positions.pop(key, None)
+            self.first_expected.pop(key, None)
+            if self.halted_partitions.pop(key, None) is not None:
+                self._partition_gauge(key).set(0)  # whoever gets it checks it again
         if isinstance(self.stage.commit, InDatabase):
             consumer.unassign()
         self.log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys))
@@ -217,8 +247,14 @@ class StageRunner(Generic[S]):
 
     def _poll_and_process(self) -> int:
         polled = self.consumer.consume(self.stage.batch_max, self.stage.poll_timeout_s())
-        messages = [m for m in polled if usable(m, self.log) and self._owned(m)]
-        messages = self.stage.admit(messages)
+        messages = []
+        for m in polled:
+            error = m.error()
+            if error is not None and error.code() == KafkaError._AUTO_OFFSET_RESET:
+                self._reset_refused(m)
+            elif usable(m, self.log) and self._owned(m) and _key(m) not in self.halted_partitions:
+                messages.append(m)
+        messages = self.stage.admit(self._first_checked(messages))
         if not messages:
             return 0
         commit = self.stage.commit
@@ -415,6 +451,120 @@ class StageRunner(Generic[S]):
             )  # fmt: skip
         return outputs
 
+    # -- gaps: no partition jumps over records it never processed -----------------------
+
+    def _check_gaps(self, starts: dict[Partition, int | None]) -> None:
+        """On assignment: halt each partition whose log no longer holds the records from
+        its start position, or that an earlier halt (kept by the stage) still holds."""
+        kept = self._kept_partition_halts()
+        for key, expected in starts.items():
+            if (self._logical.get(key[0], key[0]), key[1]) in kept:
+                self._halt_partition(key, "halted earlier, not cleared yet", record=False)
+                continue
+            try:
+                problem = gap(self.consumer, key[0], key[1], expected)
+            except KafkaException as exc:  # checked again at the partition's first record
+                self.log.warning("watermarks of %s[%d] unavailable (%s)", *key, exc)
+                continue
+            if problem is not None:
+                self._halt_partition(key, problem)
+
+    def _first_checked(self, messages: list[Message]) -> list[Message]:
+        """The messages, but none of a partition whose first record after the stage was
+        placed lies beyond a gap; that partition is halted instead."""
+        if not self.first_expected:
+            return messages
+        halted: set[Partition] = set()
+        for m in messages:
+            key = _key(m)
+            if key not in self.first_expected:
+                continue
+            expected = self.first_expected.pop(key)
+            if int(m.offset() or 0) <= (expected or 0):
+                continue
+            try:
+                problem = gap(self.consumer, key[0], key[1], expected)
+            except KafkaException as exc:
+                raise DependencyUnavailable(f"Kafka watermarks: {exc}") from exc
+            if problem is not None:
+                self._halt_partition(key, problem)
+                halted.add(key)
+        return [m for m in messages if _key(m) not in halted] if halted else messages
+
+    def _reset_refused(self, message: Message) -> None:
+        """The broker has no record at a partition's position, or the group none
+        committed: place it at the start when nothing was skipped, else halt it."""
+        key = _key(message)
+        if key not in self.positions or key in self.halted_partitions:
+            return
+        try:
+            if isinstance(self.stage.commit, InDatabase):
+                expected = self.positions[key]
+            else:
+                expected = committed_offsets(self.consumer, [TopicPartition(*key)]).get(key)
+            problem = gap(self.consumer, key[0], key[1], expected)
+        except KafkaException as exc:
+            self.log.warning("%s[%d]: %s; looking again", *key, exc)
+            self.rewind_owed = True
+            return
+        if problem is not None:
+            self._halt_partition(key, problem)
+            return
+        where = expected if expected is not None else OFFSET_BEGINNING
+        self.first_expected[key] = expected
+        self.consumer.seek(TopicPartition(key[0], key[1], where))
+
+    def _halt_partition(self, key: Partition, reason: str, *, record: bool = True) -> None:
+        """Stop reading one partition, keep the halt (when the stage keeps halts) and let
+        the others go on; an operator clears it (``bankflow halt clear``)."""
+        if key in self.halted_partitions:
+            return
+        self.halted_partitions[key] = reason
+        with contextlib.suppress(KafkaException):
+            self.consumer.pause([TopicPartition(*key)])
+        self._partition_gauge(key).set(1)
+        logical = self._logical.get(key[0], key[0])
+        self.log.error(
+            "%s halted %s[%d]: %s. Its other partitions go on; docs/runbook.md#a-gap-in-a-"
+            "partition says how to account for the missing records and clear it "
+            "(bankflow halt clear %s:%s:%d --accept-gap).",
+            self.stage.name, logical, key[1], reason, self.stage.name, logical, key[1],
+        )  # fmt: skip
+        if record and self.stage.halts is not None:
+            try:
+                self.stage.halts.record_partition(logical, key[1], reason)
+            except Exception as exc:  # noqa: BLE001 - the halt holds in memory all the same
+                self.log.warning("could not record the halt of %s[%d]: %s", *key, exc)
+
+    def _kept_partition_halts(self) -> set[tuple[str, int]]:
+        if self.stage.halts is None:
+            return set()
+        try:
+            return self.stage.halts.open_partitions()
+        except Exception as exc:  # noqa: BLE001 - read again at the next check
+            self.log.warning("could not read the partition halts: %s", exc)
+            return set()
+
+    def _resume_cleared(self) -> None:
+        """Resume the halted partitions an operator cleared, from their stored position
+        (checked again: a gap still there halts the partition again)."""
+        if not self.halted_partitions or self.stage.halts is None:
+            return
+        kept = self._kept_partition_halts()
+        for key in list(self.halted_partitions):
+            if (self._logical.get(key[0], key[0]), key[1]) in kept:
+                continue
+            del self.halted_partitions[key]
+            self._partition_gauge(key).set(0)
+            with contextlib.suppress(KafkaException):
+                self.consumer.resume([TopicPartition(*key)])
+            self.log.warning("%s[%d] halt cleared; resuming from the stored position", *key)
+            self.rewind_owed = self.reassign_owed = True
+
+    def _partition_gauge(self, key: Partition) -> Any:
+        logical = self._logical.get(key[0], key[0])
+        return self.metrics.partition_halted.labels(self.stage.name, logical, str(key[1]))
+
     # -- halts, outages, rewinds -------------------------------------------------------
 
     def _halted(self) -> bool:
@@ -428,6 +578,7 @@ class StageRunner(Generic[S]):
             halt = store.active()
             self.next_halt_check = now + halt_store.HALT_CHECK_S
             self._set_halted(halt.reason if halt else None)
+            self._resume_cleared()
         if self.halted_reason is None:
             return False
         self.stopped.wait(min(1.0, max(0.0, self.next_halt_check - time.monotonic())))
@@ -471,16 +622,33 @@ class StageRunner(Generic[S]):
         if isinstance(self.stage.commit, InDatabase):
             stored = self.stage.stored_offsets(list(self.positions))
             self.positions = {k: stored.get(k) for k in self.positions}
-            for (topic, partition), offset in self.positions.items():
-                where = offset if offset is not None else OFFSET_BEGINNING
-                try:
-                    self.consumer.seek(TopicPartition(topic, partition, where))
-                except KafkaException as exc:  # revoked meanwhile: nothing to seek
-                    self.log.info("seek %s[%d] skipped: %s", topic, partition, exc)
+            self.first_expected.update(self.positions)
+            placed = [
+                TopicPartition(t, p, offset if offset is not None else OFFSET_BEGINNING)
+                for (t, p), offset in self.positions.items()
+            ]
+            if self.reassign_owed:
+                self.consumer.assign(placed)
+                self.reassign_owed = False
+            else:
+                for tp in placed:
+                    if (tp.topic, tp.partition) in self.halted_partitions:
+                        continue  # left where it stopped (a partition in error cannot seek)
+                    try:
+                        self.consumer.seek(tp)
+                    except KafkaException as exc:  # revoked meanwhile: nothing to seek
+                        self.log.info("seek %s[%d] skipped: %s", tp.topic, tp.partition, exc)
         else:
-            rewind(self.consumer)
+            self.first_expected.update(rewind(self.consumer, skip=set(self.halted_partitions)))
         self.rewind_owed = False
         self.stage.rewound()
+        if self.halted_partitions:  # a stage's rewound() may have resumed them
+            with contextlib.suppress(KafkaException):
+                self.consumer.pause([TopicPartition(t, p) for t, p in self.halted_partitions])
+
+
+def _key(message: Message) -> Partition:
+    return str(message.topic()), int(message.partition() or 0)
 
 
 def _containable(error: Exception) -> bool:

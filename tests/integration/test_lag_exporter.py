@@ -31,6 +31,7 @@ from tests.ledger_support import (
     open_test_accounts,
     produce_accepted,
     settings_env,
+    signed,
     start_service,
     stop_service,
     transfer_count,
@@ -124,7 +125,9 @@ def produce_in_one_transaction(settings: Settings, transfers: list[Any]) -> None
     producer.begin_transaction()
     topic = settings.topic(TRANSFERS_ACCEPTED)
     for t in transfers:
-        producer.produce(topic, key=str(t.debit_account_id).encode(), value=t.model_dump_json())
+        key, value = str(t.debit_account_id).encode(), t.model_dump_json().encode()
+        headers = signed(settings, TRANSFERS_ACCEPTED, key, value)
+        producer.produce(topic, key=key, value=value, headers=headers)
     producer.commit_transaction(30)
 
 

@@ -155,6 +155,11 @@ def test_every_service_exports_its_metrics_after_traffic(
     cash = find_internal_account(db, "cash", "EUR")
     assert cash is not None
     me = f"customer:{customer}"
+    db.execute(
+        "insert into users (id, email, password_hash, role, customer_id) "
+        "values (%s, 'payer@example.com', 'not-a-hash', 'customer', %s)",
+        (uuid.uuid4(), customer),
+    )
     deposit, small, held = (
         request(cash.id, a, 100_000, "teller:test"), request(a, b, 500, me),
         request(a, c, 5_000, me),
@@ -174,8 +179,10 @@ def test_every_service_exports_its_metrics_after_traffic(
         wait_for(lambda: statuses(db, deposit) == ["posted"], 90, "the deposit posted")
         produce_requests(settings, [small, held, unknown], raw=[b"not json"])
         produce_accepted(settings, [accepted(broke, b, 100)])
-        inbox.mkdir(exist_ok=True)
-        (inbox / "pay.csv").write_text(
+        # A file is taken from its submitter's folder of the inbox (docs/batches.md).
+        folder = inbox / "payer@example.com"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pay.csv").write_text(
             "debit_account,credit_account,amount,currency,description,category,tags,reference\n"
             f"{a},{b},1.00,EUR,rent,,,\n"
         )
@@ -187,7 +194,7 @@ def test_every_service_exports_its_metrics_after_traffic(
             120,
             "the first requests decided",
         )
-        wait_for((inbox / "done" / "pay.csv").exists, 60, "the batch file ingested")
+        wait_for((folder / "done" / "pay.csv").exists, 60, "the batch file ingested")
         # Last and alone, so that no other request shares its screening: Redis cannot
         # read this account's fraud state (a key of the wrong type), a transient failure.
         redis_client.set(f"{settings.redis_prefix}fraud:activity:{x}", "not a sorted set")

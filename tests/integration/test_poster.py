@@ -227,7 +227,9 @@ def test_a_database_that_refuses_everything_halts_the_poster_until_an_operator_c
     assert [h["stage"] for h in json.loads(status.stdout)["halted"]] == ["poster"]
 
     # ... and only an operator's command resumes it, from the stored position.
-    cleared = run_cli(settings, "halt", "clear", "poster", "--note", "constraint dropped")
+    cleared = run_cli(
+        settings, "halt", "clear", "poster", "--note", "constraint dropped", "--actor", "ops@bank"
+    )
     assert cleared.returncode == 0, cleared.stderr
     assert json.loads(run_cli(settings, "halt", "list", "--json").stdout) == []
     drain_in_process(settings, 2 * REFUSED_IN_A_ROW_MAX)
