@@ -12,7 +12,8 @@ COPY schemas schemas
 COPY infra infra
 RUN pip install --no-cache-dir .
 RUN useradd --system --uid 10001 bankflow
-# The inbox watcher's folder (a volume in docker-compose.yml), writable by the service.
-RUN mkdir /app/inbox && chown bankflow /app/inbox
+# The inbox watcher's folder and the signing keys (volumes in docker-compose.yml),
+# writable by the service; the keys readable by it alone.
+RUN mkdir /app/inbox /keys && chown bankflow /app/inbox /keys && chmod 700 /keys
 USER bankflow
 ENTRYPOINT ["bankflow"]

@@ -244,9 +244,17 @@ def migrate(
 
 @app.command("init")
 def init() -> None:
-    """Migrate the database and create the topics: what a fresh deployment needs once."""
+    """Migrate the database and create the topics: what a fresh deployment needs once.
+    With ``BANKFLOW_ENV=dev`` it also makes development signing keys where none exist;
+    elsewhere the key file comes from your secret store (docs/security.md)."""
     migrate()
     topics_create(as_json=False)
+    settings = _settings()
+    if settings.env == "dev":
+        from bankflow.signing import ensure_keys
+
+        for key_id in ensure_keys(settings.signing_keys_path):
+            console.print(f"made development signing key {key_id}")
 
 
 # ------------------------------------------------------------------ topics
@@ -860,6 +868,62 @@ def dlq_discard(
                           "not discarded[/red]", soft_wrap=True)  # fmt: skip
             raise typer.Exit(1) from exc
     console.print(f"discarded dead letter {dead_letter_id}")
+
+
+# --------------------------------------------------------------------- keys
+
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="Signing keys of the stage messages that move money (docs/security.md).",
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("list-signing")
+def keys_list_signing(as_json: JsonFlag = False) -> None:
+    """Key ids, their signers and which are active; never the secrets."""
+    from bankflow.signing import Keyring
+
+    settings = _settings()
+    keyring = Keyring.load(settings.signing_keys_path)
+    active = set(keyring.active.values())
+    keys = sorted(keyring.keys.values(), key=lambda k: (k.signer, k.key_id))
+    if as_json:
+        _print_json(
+            [{"key_id": k.key_id, "signer": k.signer, "active": k.key_id in active} for k in keys]
+        )
+        return
+    table = Table("key id", "signer", "active")
+    for k in keys:
+        table.add_row(k.key_id, k.signer, "yes" if k.key_id in active else "")
+    console.print(f"{settings.signing_keys_path}")
+    Console().print(table)
+
+
+@keys_app.command("rotate-signing")
+def keys_rotate_signing(
+    signer: Annotated[str, typer.Argument(help="validator or review.")],
+) -> None:
+    """Add a key for SIGNER and make it active; the old one still verifies (retire it
+    once its messages are consumed). Restart the signer's services to sign with it."""
+    from bankflow.signing import write_new_key
+
+    settings = _settings()
+    key_id = write_new_key(settings.signing_keys_path, signer)
+    console.print(
+        f"{signer} signs with {key_id} from its next start ({settings.signing_keys_path})"
+    )
+
+
+@keys_app.command("retire-signing")
+def keys_retire_signing(
+    key_id: Annotated[str, typer.Argument(help="A key id that is no longer active.")],
+) -> None:
+    """Remove an inactive key: messages it signed stop verifying."""
+    from bankflow.signing import retire_key
+
+    retire_key(_settings().signing_keys_path, key_id)
+    console.print(f"retired {key_id}")
 
 
 # --------------------------------------------------------------------- halts
