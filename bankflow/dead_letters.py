@@ -330,6 +330,38 @@ def _not_replayable(letter: DeadLetter, why: str) -> NotReplayable:
     )
 
 
+#: The error class of a message that failed its signature check (``bankflow.signing``).
+UNAUTHENTICATED: Final = "Unauthenticated"
+
+
+def check_provenance(
+    conn: psycopg.Connection[Any], letter: DeadLetter, request: TransferRequest, topic_prefix: str
+) -> None:
+    """Refuse to replay what no stage allowed to decide it ever decided.
+
+    A letter that failed its signature check was written by someone who may not write
+    its topic: replaying it would turn a forgery into a request. A letter from
+    transfers.accepted or transfers.review must be a transfer the validator decided
+    (``validator_decisions``); the validator then answers the replay with that decision
+    (or the reviewer's), never with what the letter's payload says.
+    """
+    if letter.error_class == UNAUTHENTICATED:
+        raise _not_replayable(
+            letter, "it failed its signature check: whoever wrote it may not write "
+            f"{letter.original_topic} (docs/runbook.md#unauthenticated-messages)",
+        )  # fmt: skip
+    if letter.original_topic.removeprefix(topic_prefix) not in ACCEPTED_TOPICS:
+        return
+    decided = conn.execute(
+        "select 1 from validator_decisions where transfer_id = %s", (request.transfer_id,)
+    ).fetchone()
+    if decided is None:
+        raise _not_replayable(
+            letter, f"the validator never decided transfer {request.transfer_id}, so no "
+            "stage allowed to accept it did",
+        )  # fmt: skip
+
+
 def replay_headers(stored: dict[str, str], request: TransferRequest) -> HeaderList:
     """The letter's original headers (correlation id, trace) without ``DROPPED_ON_REPLAY``.
 
@@ -364,6 +396,7 @@ def replay(
     with conn.transaction():
         letter = claim(conn, dead_letter_id)
         replayed = replay_of(letter, topic_prefix)
+        check_provenance(conn, letter, replayed.request, topic_prefix)
         _send(producer, topic, replayed)
         note = f"sent as transfer request {replayed.request.transfer_id} to {topic}"
         resolve(conn, letter.id, "replay", actor, note)

@@ -62,6 +62,12 @@ EXPIRED_SQL = (
     "select transfer_id from review_queue where status = 'held' "
     "and held_at < now() - make_interval(secs => %s) order by held_at limit %s"
 )
+#: A reviewer's decision becomes the transfer's decision (``validator_decisions``): a
+#: copy or a replay of the transfer is answered with it, not with the hold.
+DECISION_SQL = (
+    "update validator_decisions set topic = %s, value = %s "
+    "where transfer_id = %s and topic = 'transfers.review'"
+)
 OUTBOX_SQL = (
     "insert into outbox (event_id, topic, key, payload, headers, transfer_id) "
     "values (%s, %s, %s, %s, %s, %s) on conflict (event_id) do nothing"
@@ -81,6 +87,13 @@ class OutboxEvent:
     transfer_id: uuid.UUID
     #: Extra headers for the relay to publish (an approval's signature), as text.
     headers: dict[str, str] | None = None
+
+    def decision_params(self) -> tuple[Any, ...]:
+        """``DECISION_SQL``'s parameters: the decision as the validator stores one."""
+        logical = (
+            TRANSFERS_ACCEPTED if self.topic.endswith(TRANSFERS_ACCEPTED) else (TRANSFERS_REJECTED)
+        )
+        return (logical, self.payload, self.transfer_id)
 
     def params(self) -> tuple[Any, ...]:
         headers = Jsonb(self.headers) if self.headers else None
@@ -159,6 +172,7 @@ def decide(
         if row is not None:
             event = decision_event(settings, bytes(row[0]), decision, actor)
             conn.execute(OUTBOX_SQL, event.params())
+            conn.execute(DECISION_SQL, event.decision_params())
     if event is None:
         raise ReviewNotHeld(f"transfer {transfer_id} is not held for review")
     return event

@@ -14,9 +14,10 @@ development one into ``.local/keys/signing.json``, mode 0600)::
      "active": {"validator": "validator-20261202T1500Z"}}
 
 Rotation adds a key and makes it the signer's active one; the old key still verifies
-until it is retired, so messages in flight stay valid. A verifier that meets a key id
-it does not know reads the file again (at most every ``RELOAD_MIN_S``), so verifiers
-learn new keys without a restart; signers take their new active key when restarted.
+until it is retired, so messages in flight stay valid. A verifier reads the file again
+whenever it changed (looked at on every unknown key id, and at least every
+``STAT_EVERY_S`` otherwise), so verifiers learn new keys, and stop trusting retired
+ones, without a restart; signers take their new active key when restarted.
 
 Written with the standard library's ``hmac``: the cryptography is one call; what no
 library offers is the canonical form of a Kafka message, which is below.
@@ -41,11 +42,13 @@ from pathlib import Path
 from bankflow.errors import ConfigurationError
 from bankflow.failures import HeaderList, Headers, PoisonMessage
 from schemas import headers as h
-from schemas.topics import TRANSFERS_ACCEPTED
+from schemas.topics import TRANSFERS_ACCEPTED, TRANSFERS_REVIEW
 
-#: Who may sign each topic (logical names). Retry topics are matched by prefix.
+#: Who may sign each topic (logical names). Retry topics are matched by prefix. A held
+#: transfer is signed too: a reviewer's approval publishes it as the validator wrote it.
 SIGNERS: Mapping[str, frozenset[str]] = {
     TRANSFERS_ACCEPTED: frozenset({"validator", "review"}),
+    TRANSFERS_REVIEW: frozenset({"validator"}),
 }
 RETRY_TOPIC_PREFIX = "transfers.retry."
 RETRY_SIGNERS = frozenset({"validator"})
@@ -54,8 +57,9 @@ ALL_SIGNERS = ("validator", "review")
 
 #: A key is 32 random bytes (the HMAC-SHA256 block's natural size).
 KEY_BYTES = 32
-#: Reading the key file again on an unknown key id happens at most this often.
-RELOAD_MIN_S = 5.0
+#: How often a verifier looks whether the key file changed (a retired key stops
+#: verifying within this long); an unknown key id makes it look at once.
+STAT_EVERY_S = 1.0
 #: Versions the canonical form, so it can change without ambiguity.
 _DOMAIN = b"bankflow-stage-message-v1"
 
@@ -114,7 +118,8 @@ class Keyring:
         self.keys = dict(keys)
         self.active = dict(active)
         self.path = path
-        self._next_reload = 0.0
+        self._next_stat = time.monotonic() + STAT_EVERY_S
+        self._stamp = _stamp(path) if path is not None else None
         self._lock = threading.Lock()
 
     # -- files ------------------------------------------------------------------------
@@ -124,19 +129,24 @@ class Keyring:
         keys, active = _read(path)
         return cls(keys, active, path)
 
-    def reload(self) -> bool:
-        """Read the file again if it was not read in the last ``RELOAD_MIN_S``."""
+    def refresh(self, *, now: bool = False) -> bool:
+        """Read the file again if it changed since it was read (looked at once every
+        ``STAT_EVERY_S``, or ``now``); whether the keys changed."""
         if self.path is None:
             return False
         with self._lock:
-            now = time.monotonic()
-            if now < self._next_reload:
+            moment = time.monotonic()
+            if not now and moment < self._next_stat:
                 return False
-            self._next_reload = now + RELOAD_MIN_S
+            self._next_stat = moment + STAT_EVERY_S
+            stamp = _stamp(self.path)
+            if stamp == self._stamp:
+                return False
             try:
                 self.keys, self.active = _read(self.path)
             except ConfigurationError:
                 return False  # keep the keys we have; the file is being rewritten
+            self._stamp = stamp
             return True
 
     # -- signing ----------------------------------------------------------------------
@@ -185,6 +195,7 @@ class Keyring:
         allowed = signers_for(topic)
         if allowed is None:
             return None
+        self.refresh()
         pairs = _pairs(headers)
         found: dict[str, bytes | None] = {}
         for name, raw in pairs:
@@ -195,7 +206,7 @@ class Keyring:
         if not key_id or not signature:
             return f"unauthenticated: no signature on {topic}"
         signing = self.keys.get(key_id)
-        if signing is None and self.reload():
+        if signing is None and self.refresh(now=True):
             signing = self.keys.get(key_id)
         if signing is None:
             return f"unauthenticated: unknown key id {key_id[:64]!r}"
@@ -294,6 +305,15 @@ def _write(path: Path, document: Mapping[str, object]) -> None:
     with os.fdopen(descriptor, "w") as stream:
         json.dump(document, stream, indent=2, sort_keys=True)
     temporary.replace(path)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells a rewritten key file from the one read: its change time and size."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
 def _pairs(headers: Headers | None) -> list[tuple[str, object]]:

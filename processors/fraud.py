@@ -272,7 +272,12 @@ class AccountState:
             self._ordered, (activity.at_ms, activity.transfer_id), key=_position
         )
         known = {c: at for c, at in self.beneficiaries.items() if at < activity.at_ms}
-        return Profile(tuple(self._ordered[:end]), known)
+        before = tuple(self._ordered[:end])
+        if activity.transfer_id in self.activity:
+            # An earlier copy of this very transfer (recorded, then retried before it was
+            # decided) is not an earlier transfer: it is never counted against itself.
+            before = tuple(a for a in before if a.transfer_id != activity.transfer_id)
+        return Profile(before, known)
 
     def add(self, activity: Activity, paid: bool) -> None:
         """Count one scored transfer (and, when accepted, its beneficiary) in memory."""

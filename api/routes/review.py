@@ -23,7 +23,14 @@ from api.errors import Conflict, NotFound
 from api.problems import problem_responses
 from bankflow import logs
 from bankflow.domain.money import format_amount
-from bankflow.review import CLAIM_SQL, OUTBOX_SQL, SUPERSEDE_ONE_SQL, Decision, decision_event
+from bankflow.review import (
+    CLAIM_SQL,
+    DECISION_SQL,
+    OUTBOX_SQL,
+    SUPERSEDE_ONE_SQL,
+    Decision,
+    decision_event,
+)
 from schemas.api_transfers import (
     ReviewDecisionIn,
     ReviewItem,
@@ -102,6 +109,7 @@ async def _decide(
         if claimed is not None:
             event = decision_event(settings, bytes(claimed[0]), decision, reviewer.actor)
             await db.execute(OUTBOX_SQL, event.params())
+            await db.execute(DECISION_SQL, event.decision_params())
         row = await (await db.execute(
             f"{_SELECT} where r.transfer_id = %s",
             (transfer_id,),

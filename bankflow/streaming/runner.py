@@ -66,6 +66,7 @@ from bankflow.streaming.stage import (
     Output,
     Partition,
     Stage,
+    readable_headers,
 )
 from schemas.errors import describe
 
@@ -398,7 +399,10 @@ class StageRunner(Generic[S]):
         run: list[Message] = []
         for m in messages:
             topic = self._logical.get(str(m.topic()), str(m.topic()))
-            problem = self.keyring.problem(topic, m.key(), m.value(), m.headers())
+            try:
+                problem = self.keyring.problem(topic, m.key(), m.value(), m.headers())
+            except Exception as exc:  # noqa: BLE001 - headers the client cannot even decode
+                problem = f"unauthenticated: unreadable headers ({type(exc).__name__})"
             if problem is None:
                 run.append(m)
                 continue
@@ -441,7 +445,7 @@ class StageRunner(Generic[S]):
         outputs = self.stage.poison(message, error, batch)
         error_class = type(error).__name__
         self.metrics.poison.labels(self.stage.name, error_class).inc()
-        fields = header_map(message.headers())
+        fields = header_map(readable_headers(message))
         with logs.bound(**logs.message_fields(fields, message.value())):
             self.log.warning(
                 "poison message %s[%s]@%s to the dead-letter store: %s: %s",
@@ -627,17 +631,23 @@ class StageRunner(Generic[S]):
                 TopicPartition(t, p, offset if offset is not None else OFFSET_BEGINNING)
                 for (t, p), offset in self.positions.items()
             ]
-            if self.reassign_owed:
-                self.consumer.assign(placed)
-                self.reassign_owed = False
-            else:
+            if not self.reassign_owed:
                 for tp in placed:
                     if (tp.topic, tp.partition) in self.halted_partitions:
                         continue  # left where it stopped (a partition in error cannot seek)
                     try:
                         self.consumer.seek(tp)
-                    except KafkaException as exc:  # revoked meanwhile: nothing to seek
-                        self.log.info("seek %s[%d] skipped: %s", tp.topic, tp.partition, exc)
+                    except KafkaException as exc:
+                        # A partition librdkafka holds in an error state cannot seek; left
+                        # there, it would read on from wherever it was and the stored range
+                        # would jump. Assigning every partition anew places them all.
+                        self.log.warning("seek %s[%d] failed (%s); assigning anew",
+                                         tp.topic, tp.partition, exc)  # fmt: skip
+                        self.reassign_owed = True
+                        break
+            if self.reassign_owed:
+                self.consumer.assign(placed)
+                self.reassign_owed = False
         else:
             self.first_expected.update(rewind(self.consumer, skip=set(self.halted_partitions)))
         self.rewind_owed = False

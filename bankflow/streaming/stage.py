@@ -166,9 +166,18 @@ def dead_letter_output(message: Message, error: Exception) -> Output:
     """
     route = route_failure(
         origin=(str(message.topic()), int(message.partition() or 0), int(message.offset() or 0)),
-        headers=message.headers(),
+        headers=readable_headers(message),
         error=error,
         tiers={},
         now=datetime.now(UTC),
     )
     return Output(route.topic, message.key(), message.value(), route.headers)
+
+
+def readable_headers(message: Message) -> HeaderList | None:
+    """A message's headers, or none when the client cannot decode them (a header name
+    that is not UTF-8, written by another client): a stage never dies on data."""
+    try:
+        return message.headers()  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001
+        return None

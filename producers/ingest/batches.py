@@ -160,7 +160,7 @@ def _claim(
 ) -> uuid.UUID:  # fmt: skip
     """The batch this file is: the one its key or its bytes name already, or a new one."""
     for _ in range(3):  # bounded: a concurrent twin's row appears between two attempts
-        found = _existing(conn, submitter, digest, idempotency_key)
+        found = _existing(conn, submitter, digest, idempotency_key, debtor_account)
         if found is not None:
             return found
         row = conn.execute(
@@ -179,7 +179,11 @@ def _claim(
 
 
 def _existing(
-    conn: psycopg.Connection[Any], submitter: Submitter, digest: str, idempotency_key: str | None
+    conn: psycopg.Connection[Any],
+    submitter: Submitter,
+    digest: str,
+    idempotency_key: str | None,
+    debtor_account: str | None,
 ) -> uuid.UUID | None:
     if idempotency_key is not None:
         row = conn.execute(
@@ -196,8 +200,8 @@ def _existing(
             return found
     row = conn.execute(
         "select id from batches where submitted_by = %s and customer_id = %s and digest = %s"
-        " and status <> 'refused'",
-        (submitter.user_id, submitter.customer_id, digest),
+        " and debtor_account is not distinct from %s and status <> 'refused'",
+        (submitter.user_id, submitter.customer_id, digest, debtor_account),
     ).fetchone()
     return row[0] if row is not None else None
 

@@ -303,7 +303,9 @@ def ingest(
             if debtor_account is None:
                 return report
         out = _Out(kafka_producer(settings), settings.topic(TRANSFERS_REQUESTED), progress, record)
-        ids = TransferIds(f"file:{report.sha256}")
+        # The same bytes for another customer, or with another debtor account, are
+        # other transfers: the ids say whose file it is, not only what it holds.
+        ids = TransferIds(f"file:{report.sha256}:{submitter.customer_id}:{debtor_account or ''}")
         # One time for the whole file: it was requested when it was handed in.
         requested_at = datetime.now(UTC).isoformat()
         try:

@@ -23,6 +23,7 @@ import json
 import time
 import urllib.parse
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from hypothesis import strategies as st
 from bankflow.bootstrap import kafka_producer
 from bankflow.ledger.accounts import create_customer, find_internal_account, open_account
 from bankflow.settings import Settings
+from bankflow.signing import signers_for
 from producers.ingest.run import ingest
 from producers.ingest.submitters import customer_submitter
 from schemas import headers as h
@@ -73,7 +75,7 @@ from tests.e2e.fuzz_support import (
     strings,
     text_bytes,
 )
-from tests.ledger_support import run_cli
+from tests.ledger_support import run_cli, signed
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -302,7 +304,7 @@ def _fuzz_kafka(world: World, batch: int) -> list[Fuzzed]:
                 world.settings.topic(message.topic),
                 key=message.key,
                 value=message.value,
-                headers=message.headers,
+                headers=_maybe_signed(world.settings, message),
             )
         except (KafkaException, BufferError, TypeError, ValueError):
             return  # the client refuses it: it never reaches a stage
@@ -312,6 +314,19 @@ def _fuzz_kafka(world: World, batch: int) -> list[Fuzzed]:
     produce()
     assert producer.flush(60) == 0, "the broker did not acknowledge every fuzzed message"
     return produced
+
+
+def _maybe_signed(settings: Settings, message: Fuzzed) -> Any:
+    """On a signed topic, two fuzzed messages in three are signed as the validator signs,
+    so the garbage reaches the stage's own decoding as from a trusted signer; the third
+    tests the signature check. Which ones is a function of the value, so a failing
+    example replays the same way."""
+    if signers_for(message.topic) is None or zlib.crc32(message.value or b"") % 3 == 0:
+        return message.headers
+    try:
+        return signed(settings, message.topic, message.key, message.value, message.headers)
+    except (TypeError, ValueError, AttributeError):
+        return message.headers  # headers the client would refuse anyway
 
 
 def _record(path: Path, produced: list[Fuzzed]) -> None:
@@ -396,12 +411,14 @@ def _send_controls(world: World, batch: int) -> list[uuid.UUID]:
             credit_account=str(world.control), amount_minor=amount, currency=EUR,
             description="fuzz control", category="cash", requested_by="teller:fuzz-control",
         )  # fmt: skip
-        headers = retry_headers(s, TRANSFERS_REQUESTED) if topic == first_tier else []
+        key, value = str(world.cash).encode(), request.model_dump_json().encode()
+        headers = (
+            signed(s, topic, key, value, retry_headers(s, TRANSFERS_REQUESTED))
+            if topic == first_tier
+            else []
+        )
         pin = {} if partition is None else {"partition": partition}
-        producer.produce(
-            s.topic(topic), key=str(world.cash).encode(), value=request.model_dump_json().encode(),
-            headers=headers, **pin,
-        )  # fmt: skip
+        producer.produce(s.topic(topic), key=key, value=value, headers=headers, **pin)
         ids.append(request.transfer_id)
         world.control_minor += amount
     producer.produce(

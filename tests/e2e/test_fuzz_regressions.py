@@ -23,6 +23,7 @@ from confluent_kafka import TopicPartition
 from bankflow.bootstrap import kafka_consumer, kafka_producer
 from bankflow.ledger.accounts import find_internal_account
 from bankflow.settings import Settings
+from bankflow.signing import signers_for
 from schemas import headers as h
 from schemas.topics import (
     TRANSFERS_ACCEPTED,
@@ -35,7 +36,7 @@ from schemas.topics import (
 )
 from schemas.transfers import TransferEvent, TransferRequest, TransferSource, event_id_for
 from tests.e2e.fuzz_support import Pipeline, dead_letter_headers, retry_headers
-from tests.ledger_support import open_test_accounts
+from tests.ledger_support import open_test_accounts, signed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -111,8 +112,15 @@ def test_a_poison_message_does_not_kill_its_stage(  # noqa: PLR0917 - fixtures
         control, processed = CONTROLS[case.stage](settings, db, redis_client, case.topic)
         producer = kafka_producer(settings)
         for key, value, headers in ((case.key, case.value, case.headers), control):
+            # Signed as the stage that writes the topic signs: the poison must reach the
+            # stage's own logic, not stop at the signature check.
+            sent = (
+                signed(settings, case.topic, key, value, headers)
+                if signers_for(case.topic)
+                else headers
+            )
             producer.produce(
-                settings.topic(case.topic), key=key, value=value, headers=headers,
+                settings.topic(case.topic), key=key, value=value, headers=sent,
                 partition=0,
             )  # fmt: skip
         assert producer.flush(30) == 0

@@ -25,7 +25,6 @@ from tests.ledger_support import (
     accepted,
     drain_in_process,
     open_test_accounts,
-    produce_accepted,
     run_cli,
     transfer_count,
     wait_for,
@@ -95,8 +94,9 @@ def test_a_poster_dead_letter_replays_through_the_validator_to_exactly_one_posti
     cash = find_internal_account(db, "cash", "EUR")
     # A broken deployment refuses this one transfer; the poster dead-letters it.
     db.execute("alter table transfers add constraint broken check (amount_minor <> 777) not valid")
-    transfer = accepted(cash.id, a, 777).model_copy(update={"correlation_id": "corr-777"})
-    produce_accepted(settings, [transfer])
+    transfer = transfer_request(cash.id, a, 777).model_copy(update={"correlation_id": "corr-777"})
+    produce_requests(settings, [transfer])
+    assert run_validator_until(settings, 1).decisions == {TRANSFERS_ACCEPTED: 1}
     from consumers.poster import build
 
     poster = build(settings)
@@ -122,7 +122,7 @@ def test_a_poster_dead_letter_replays_through_the_validator_to_exactly_one_posti
     # What was sent is the request the transfer was made from, with its correlation id
     # and none of the failure headers, on transfers.requested: nothing goes straight to
     # the poster.
-    (sent,) = read_committed(settings, TRANSFERS_REQUESTED, expected=1)[TRANSFERS_REQUESTED]
+    _original, sent = read_committed(settings, TRANSFERS_REQUESTED, expected=2)[TRANSFERS_REQUESTED]
     request = TransferRequest.model_validate_json(sent.value())
     assert (request.transfer_id, request.debit_account, request.credit_account) == (
         transfer.transfer_id, str(cash.id), str(a),
@@ -131,14 +131,20 @@ def test_a_poster_dead_letter_replays_through_the_validator_to_exactly_one_posti
     assert dict(sent.headers() or []) == {h.CORRELATION_ID: b"corr-777"}
     assert len(read_committed(settings, TRANSFERS_ACCEPTED, expected=1)[TRANSFERS_ACCEPTED]) == 1
 
+    # The validator answers the replay with the decision it made for the transfer id.
     validator = run_validator_until(settings, 1)
     assert validator.decisions == {TRANSFERS_ACCEPTED: 1}
+    first_decision, again = read_committed(settings, TRANSFERS_ACCEPTED, expected=2)[
+        TRANSFERS_ACCEPTED
+    ]
+    assert again.value() == first_decision.value()
     drain_in_process(settings, 1)
     second = bankflow(settings, "dlq", "replay", str(letter["id"]), "--actor", ACTOR)
     assert second.returncode == 1 and "replayed already; nothing sent" in second.stderr
     replay_all = bankflow(settings, "dlq", "replay", "--all", "--actor", ACTOR)
     assert replay_all.returncode == 0 and "no open dead letters" in replay_all.stderr
-    assert len(read_committed(settings, TRANSFERS_REQUESTED, expected=1)[TRANSFERS_REQUESTED]) == 1
+    # The request the client sent and the one replay: nothing more was sent.
+    assert len(read_committed(settings, TRANSFERS_REQUESTED, expected=2)[TRANSFERS_REQUESTED]) == 2
     rows = db.execute("select id, status from transfers").fetchall()
     assert rows == [(transfer.transfer_id, "posted")]
     balance = db.execute("select balance_minor from accounts where id = %s", (a,)).fetchone()[0]
@@ -284,6 +290,13 @@ def test_replay_all_sends_every_open_request_and_refuses_the_rest(
                                   h.ORIGINAL_OFFSET: str(offset)}, where)  # fmt: skip
     ids = [row[0] for row in db.execute("select id from dead_letters order by id")]
     resolve(db, ids[3], "discard", ACTOR, "a duplicate")
+    # The accepted transfer is one the validator decided (a letter of one nobody
+    # decided is not replayable: test_what_no_allowed_stage_decided_is_not_replayable).
+    db.execute(
+        "insert into validator_decisions (transfer_id, topic, key, value) "
+        "values (%s, 'transfers.accepted', %s, %s)",
+        (funding.transfer_id, b"k", funding.model_dump_json().encode()),
+    )
 
     replay_all = bankflow(settings, "dlq", "replay", "--all", "--actor", ACTOR)
     assert replay_all.returncode == 1
@@ -392,3 +405,32 @@ def _waiting_on_a_lock(db: Any) -> bool:
         "and datname = current_database()"
     ).fetchone()
     return bool(row and row[0])
+
+
+def test_what_no_allowed_stage_decided_is_not_replayable(settings: Settings, topics, db) -> None:
+    """A forged accepted transfer (dead-lettered as Unauthenticated), and a well-formed
+    one the validator never decided, stay open: a replay would make the validator treat
+    whatever they say as a request of their requester's, paying from cash."""
+    topics()
+    (a,) = open_test_accounts(db, settings, 1)
+    from bankflow.ledger.accounts import find_internal_account
+
+    cash = find_internal_account(db, "cash", "EUR")
+    assert cash is not None
+    origin = settings.topic(TRANSFERS_ACCEPTED)
+    for offset, error_class in enumerate(("Unauthenticated", "PoisonMessage")):
+        forged = accepted(cash.id, a, 100_000_000)
+        db.execute(
+            "insert into dead_letters (original_topic, original_partition, original_offset, "
+            "key, payload, error_class, reason) values (%s, 0, %s, %s, %s, %s, 'planted')",
+            (origin, offset, b"k", forged.model_dump_json().encode(), error_class),
+        )
+    ids = [r[0] for r in db.execute("select id from dead_letters order by id").fetchall()]
+    refused = [bankflow(settings, "dlq", "replay", str(i), "--actor", ACTOR) for i in ids]
+    assert [r.returncode for r in refused] == [1, 1]
+    assert "failed its signature check" in refused[0].stderr
+    assert "the validator never decided transfer" in refused[1].stderr
+    replay_all = bankflow(settings, "dlq", "replay", "--all", "--actor", ACTOR)
+    assert replay_all.returncode == 1
+    assert db.execute("select count(*) from dead_letters where status = 'open'").fetchone() == (2,)
+    assert read_committed(settings, TRANSFERS_REQUESTED, expected=0)[TRANSFERS_REQUESTED] == []

@@ -23,6 +23,7 @@ from bankflow.ledger.store import ConsumedTransfer, OffsetRange, Topics, write_b
 from bankflow.ledger.verify import Bounds, verify
 from bankflow.review import ReviewNotHeld, decide, expire_reviews
 from bankflow.settings import Settings
+from bankflow.signing import signers_for
 from bankflow.streaming import StageRunner
 from consumers.tracker import Tracker, build
 from schemas.topics import (
@@ -35,7 +36,7 @@ from schemas.topics import (
 )
 from schemas.transfers import AcceptedTransfer, RejectedTransfer, TransferEvent, event_id_for
 from tests.integration.test_api_auth import bearer, create_staff, register, tokens_for
-from tests.ledger_support import accepted
+from tests.ledger_support import accepted, signed
 
 pytestmark = pytest.mark.timeout(180)
 #: Bound on waiting for the tracker to catch up with what a test produced.
@@ -80,7 +81,10 @@ class Ledger:
 def produce(settings: Settings, topic: str, *messages: Any) -> None:
     producer = kafka_producer(settings)
     for m in messages:
-        producer.produce(settings.topic(topic), key=b"k", value=m.model_dump_json().encode())
+        value = m.model_dump_json().encode()
+        # As the stages write them: signed where the topic must be (held and accepted).
+        headers = signed(settings, topic, b"k", value) if signers_for(topic) else None
+        producer.produce(settings.topic(topic), key=b"k", value=value, headers=headers)
     assert producer.flush(30) == 0
 
 

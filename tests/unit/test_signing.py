@@ -98,6 +98,11 @@ def test_rotation_keeps_old_signatures_valid_until_the_old_key_is_retired(keys: 
         retire_key(keys, new_id)
     retire_key(keys, old_id)
     assert "unknown key id" in (Keyring.load(keys).problem(ACCEPTED, b"k", b"v", old) or "")
+    # A running verifier stops trusting the retired key too, without a restart: it looks
+    # at the file every STAT_EVERY_S and reads it again when it changed.
+    assert rotated.refresh(now=True) is True
+    assert "unknown key id" in (rotated.problem(ACCEPTED, b"k", b"v", old) or "")
+    assert rotated.refresh(now=True) is False  # unchanged since: not read again
 
 
 def test_a_signer_without_a_key_is_a_clear_configuration_error(tmp_path: Path) -> None:

@@ -54,9 +54,11 @@ create table batches (
         check (on_behalf_of is null or on_behalf_of = customer_id),
     constraint refused_batches_say_why check ((status = 'refused') = (refused_reason is not null))
 );
--- One batch per file, submitter and customer: a byte-identical file is a duplicate.
+-- One batch per file, submitter, customer and debtor override: a byte-identical file is
+-- a duplicate (its transfer ids are derived from the same four).
 create unique index batches_one_per_file
-    on batches (submitted_by, customer_id, digest) where status <> 'refused';
+    on batches (submitted_by, customer_id, digest, coalesce(debtor_account, ''))
+    where status <> 'refused';
 -- An Idempotency-Key names one batch of its submitter.
 create unique index batches_by_key
     on batches (submitted_by, idempotency_key) where idempotency_key is not null;
