@@ -184,14 +184,18 @@ INVARIANTS: tuple[Invariant, ...] = (
         "accepted_transfers_reach_the_ledger",
         "every transfer accepted longer ago than the bound is in the ledger or the "
         "dead-letter store",
+        # Aged from when the status was reached (its history), not from the row's last
+        # touch; a discarded letter does not account for it: nothing will post it.
         """with dead as materialized (
                select substring(encode(payload, 'escape')
                                 from '"transfer_id"\\s*:\\s*"([0-9a-fA-F-]{36})"') as id
-               from dead_letters)
-           select s.transfer_id::text || ' accepted at ' || s.updated_at
+               from dead_letters where status <> 'discarded')
+           select s.transfer_id::text || ' accepted at ' || h.at
            from transfer_status s
+           join transfer_status_history h
+             on h.transfer_id = s.transfer_id and h.status = 'accepted'
            where s.status = 'accepted'
-             and s.updated_at < now() - make_interval(secs => %(accepted_age_max_s)s)
+             and h.at < now() - make_interval(secs => %(accepted_age_max_s)s)
              and not exists (select 1 from transfers t where t.id = s.transfer_id)
              and not exists (select 1 from dead d where lower(d.id) = s.transfer_id::text)""",
     ),

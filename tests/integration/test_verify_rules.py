@@ -47,6 +47,11 @@ def track(db: Any, transfer: AcceptedTransfer, status: str, age: str = "0 s") ->
         (transfer.transfer_id, str(transfer.debit_account_id), str(transfer.credit_account_id),
          transfer.amount_minor, transfer.currency, status, age),
     )  # fmt: skip
+    db.execute(  # and the status's history row, when it was reached
+        "insert into transfer_status_history (transfer_id, status, at) "
+        "values (%s, %s, now() - %s::interval) on conflict do nothing",
+        (transfer.transfer_id, status, age),
+    )
 
 
 @pytest.fixture
@@ -214,3 +219,17 @@ def test_an_accepted_transfer_in_the_dead_letter_store_is_accounted_for(world: W
         (b"\xff\x00 not quite " + poisoned.model_dump_json().encode(),),
     )
     assert failures(world) == {}
+    # Discarded, it accounts for nothing: the status says accepted, and nothing will post it.
+    world.db.execute("update dead_letters set status = 'discarded'")
+    assert set(failures(world)) == {"accepted_transfers_reach_the_ledger"}
+
+
+def test_an_accepted_status_is_aged_from_when_it_was_reached(world: World) -> None:
+    """The tracker touches a status row again on every copy of an event; the age that
+    counts is the history's, not the row's last update."""
+    lost = accepted(world.a, world.b, 100)
+    track(world.db, lost, "accepted", "1 hour")
+    world.db.execute(
+        "update transfer_status set updated_at = now() where transfer_id = %s", (lost.transfer_id,)
+    )
+    assert set(failures(world)) == {"accepted_transfers_reach_the_ledger"}
