@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topics import RETRY_TIERS_S, all_topics, retry_topic
+from schemas.topics import RETRY_TIERS_S, TRANSFERS_REQUESTED, all_topics, retry_topic
 
 #: The repository root when bankflow runs from a checkout (the usual case).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     #: Retry tiers in order, name -> delay in seconds: a transient failure goes to
     #: ``transfers.retry.<name>`` of the next tier, after the last to the DLQ.
     retry_tiers: dict[str, int] = Field(default_factory=lambda: dict(RETRY_TIERS_S))
+    #: The topics (logical) the retrier may send a retried message back to, whatever its
+    #: origin header says: the stages that retry read these. Never a signed topic (an
+    #: accepted transfer is only ever the validator's or a reviewer's).
+    retry_origins: list[str] = Field(default_factory=lambda: [TRANSFERS_REQUESTED])
     retrier_group: str = "bankflow-retrier"
     #: Held transfers no reviewer decided within this long are rejected (review_timeout).
     review_timeout_s: int = Field(default=72 * 3600, ge=1)
@@ -247,6 +251,7 @@ class Settings(BaseSettings):
         if not self.redis_url:
             self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         _check_retry_tiers(self.retry_tiers)
+        _check_retry_origins(self.retry_origins)
         if self.env in ("staging", "prod") and self.password_hash_profile != "default":  # noqa: S105
             raise ValueError(
                 f"BANKFLOW_PASSWORD_HASH_PROFILE={self.password_hash_profile} is for tests; "
@@ -409,6 +414,19 @@ def _check_kafka_tls(s: Settings) -> None:
 
 
 # ---- end of Kafka security checks ----
+
+
+#: What a retried message may go back to: topics whose stages decide again.
+RETRYABLE_ORIGINS = frozenset({TRANSFERS_REQUESTED})
+
+
+def _check_retry_origins(origins: list[str]) -> None:
+    refused = sorted(set(origins) - RETRYABLE_ORIGINS)
+    if not origins or refused:
+        raise ValueError(
+            f"BANKFLOW_RETRY_ORIGINS may name only {sorted(RETRYABLE_ORIGINS)} (a topic "
+            f"whose stage decides again); refused: {refused or 'an empty list'}"
+        )
 
 
 @lru_cache(maxsize=1)

@@ -31,7 +31,7 @@ from bankflow.streaming import Batch, KafkaTransaction, Output, Stage, StageRunn
 from bankflow.streaming.kafka import stage_consumer
 from bankflow.streaming.stage import Partition, dead_letter_output
 from schemas import headers as h
-from schemas.topics import TRANSFERS_DLQ, TRANSFERS_REQUESTED, retry_topic
+from schemas.topics import TRANSFERS_DLQ, retry_topic
 
 log = logging.getLogger("bankflow.retrier")
 
@@ -40,9 +40,6 @@ POLL_MAX_S = 1.0
 #: The shortest: a partition due in a millisecond is not worth a busy loop.
 POLL_MIN_S = 0.02
 BATCH_MAX = 1000
-#: The topics whose stages send failures to the retry tiers (the validator's input);
-#: a retried message is sent back only to one of these, whatever its header says.
-RETRIED_FROM = frozenset({TRANSFERS_REQUESTED})
 #: How far the clock of the stage that set a not-before may run ahead of the retrier's.
 CLOCK_SKEW_MAX_S = 60
 
@@ -64,7 +61,8 @@ class Retrier(Stage):
         self.sent: Counter[str] = Counter()
         self.metrics = registered(RetrierMetrics)
         self.tiers = {retry_topic(tier): tier for tier in settings.retry_tiers}
-        self.origins = {settings.topic(t) for t in RETRIED_FROM}
+        #: A retried message is sent back only to one of these, whatever its header says.
+        self.origins = {settings.topic(t) for t in settings.retry_origins}
         #: No message waits longer than the longest tier (plus a margin for clocks).
         self.wait_max = timedelta(
             seconds=max(settings.retry_tiers.values(), default=0) + CLOCK_SKEW_MAX_S

@@ -55,3 +55,10 @@ def test_the_secret_never_shows_in_repr() -> None:
 def test_db_schema_must_be_a_plain_identifier(schema: str) -> None:
     with pytest.raises(ValidationError, match="db_schema"):
         Settings(_env_file=None, db_schema=schema)
+
+
+def test_the_retrier_may_send_back_only_to_topics_whose_stage_decides_again() -> None:
+    assert Settings(_env_file=None).retry_origins == ["transfers.requested"]
+    for refused in (["transfers.accepted"], ["transfers.review"], []):
+        with pytest.raises(ValueError, match="BANKFLOW_RETRY_ORIGINS"):
+            Settings(_env_file=None, retry_origins=refused)
