@@ -32,7 +32,7 @@ EUR = "EUR"
 #: The services whose metrics port ``settings_env`` sets to 0 (the lag exporter's is apart).
 METRICS_PORT_NAMES = (
     "API", "VALIDATOR", "RETRIER", "POSTER", "RELAY", "INBOX_WATCHER", "DLQ_SINK", "TRACKER",
-    "CACHE",
+    "CACHE", "SUPERVISOR",
 )  # fmt: skip
 
 
