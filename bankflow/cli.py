@@ -151,7 +151,8 @@ def status(as_json: JsonFlag = False) -> None:
         for halt in halted.values():
             console.print(
                 f"[red]{halt['stage']} is halted[/red] since {halt['halted_at']}: "
-                f"{halt['reason']}\n  (`bankflow halt clear {halt['stage']} --note ...` "
+                f"{halt['reason']}\n  (`bankflow halt clear {halt['stage']} --note ... "
+                "--actor WHO` "
                 "once the cause is fixed; docs/runbook.md#a-halted-stage)"
             )
         table = Table("server", "state", "address", "version", title="servers")
@@ -704,6 +705,29 @@ def bench_validator(
 
     result = run_bench(_settings(), requests, echo=console.print, rounds=rounds)
     _print_bench(result, as_json)
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    transfers: Annotated[int, typer.Option(min=1, help="Transfer requests produced.")] = 20_000,
+    accounts: Annotated[
+        int, typer.Option(min=2, help="Customer accounts, one customer each.")
+    ] = 200,
+    hot_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of transfers debiting a hot account.")
+    ] = 0.2,
+    rate: Annotated[str, typer.Option(help="Requests per second, or max.")] = "max",
+    as_json: JsonFlag = False,
+) -> None:
+    """The whole pipeline's posted transfers/s and request-to-posted latency, with baselines."""
+    from bench.e2e import Options, parse_rate, run_bench
+
+    try:
+        rate_per_s = parse_rate(rate)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--rate") from exc
+    options = Options(transfers, accounts, hot_share, rate_per_s)
+    _print_bench(run_bench(_settings(), options, echo=console.print), as_json)
 
 
 @bench_app.command("api")
