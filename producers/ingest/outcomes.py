@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from xml.sax.saxutils import escape
+from xml.etree import ElementTree as ET
 
 from confluent_kafka import TopicPartition
 from pydantic import ValidationError
@@ -137,6 +137,18 @@ def summarise(outcomes: dict[uuid.UUID, Outcome]) -> dict[str, Any]:
     return {"statuses": dict(statuses), "reasons": dict(reasons)}
 
 
+#: The namespace of the status report; written as the document's default namespace.
+PAIN002_NS = "urn:iso:std:iso:20022:tech:xsd:pain.002.001.03"
+
+
+def _element(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
+    """A child of ``parent`` in the pain.002 namespace, with ``text`` if given."""
+    child = ET.SubElement(parent, f"{{{PAIN002_NS}}}{tag}")
+    if text is not None:
+        child.text = text
+    return child
+
+
 def pain002(
     original_message_id: str,
     transfers: list[tuple[str, uuid.UUID]],
@@ -148,38 +160,41 @@ def pain002(
     ACCP for posted, RJCT (with the reason as a proprietary code) for rejected and
     failed, PDNG for review and for anything still pending. ``refused`` are the
     transactions refused at the edge (key, field): RJCT ``invalid_<field>``; nothing of
-    them was sent.
+    them was sent. The document is built as a tree, so every text the file or the
+    ledger gave us is escaped by the serializer, never by hand.
     """
     codes = {"posted": "ACCP", "rejected": "RJCT", "failed": "RJCT"}
     rows = [(key, *outcomes.get(transfer_id, ("pending", None))) for key, transfer_id in transfers]
     rows += [(key, "rejected", code) for key, code in refused]
-    by_block: dict[str, list[str]] = {}
-    for key, status, reason in rows:
-        block, end_to_end = key.removeprefix("pmtinf:").split("/e2e:", 1)
-        code = codes.get(status, "PDNG")
-        why = (
-            f"<StsRsnInf><Rsn><Prtry>{escape(reason)}</Prtry></Rsn></StsRsnInf>"
-            if code == "RJCT" and reason
-            else ""
-        )
-        by_block.setdefault(block, []).append(
-            f"<TxInfAndSts><OrgnlEndToEndId>{escape(end_to_end)}</OrgnlEndToEndId>"
-            f"<TxSts>{code}</TxSts>{why}</TxInfAndSts>"
-        )
     all_codes = {codes.get(status, "PDNG") for _, status, _ in rows}
     group = all_codes.pop() if len(all_codes) == 1 else "PART"
-    blocks = "".join(
-        f"<OrgnlPmtInfAndSts><OrgnlPmtInfId>{escape(b)}</OrgnlPmtInfId>"
-        f"{''.join(txs)}</OrgnlPmtInfAndSts>"
-        for b, txs in by_block.items()
+
+    document = ET.Element(f"{{{PAIN002_NS}}}Document")
+    report = _element(document, "CstmrPmtStsRpt")
+    header = _element(report, "GrpHdr")
+    _element(header, "MsgId", f"STS-{uuid.uuid4().hex[:16]}")
+    _element(header, "CreDtTm", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    original = _element(report, "OrgnlGrpInfAndSts")
+    _element(original, "OrgnlMsgId", original_message_id)
+    _element(original, "OrgnlMsgNmId", "pain.001")
+    _element(original, "GrpSts", group)
+
+    blocks: dict[str, ET.Element] = {}
+    for key, status, reason in rows:
+        block_id, end_to_end = key.removeprefix("pmtinf:").split("/e2e:", 1)
+        block = blocks.get(block_id)
+        if block is None:
+            block = blocks[block_id] = _element(report, "OrgnlPmtInfAndSts")
+            _element(block, "OrgnlPmtInfId", block_id)
+        code = codes.get(status, "PDNG")
+        transaction = _element(block, "TxInfAndSts")
+        _element(transaction, "OrgnlEndToEndId", end_to_end)
+        _element(transaction, "TxSts", code)
+        if code == "RJCT" and reason:
+            _element(_element(_element(transaction, "StsRsnInf"), "Rsn"), "Prtry", reason)
+    # default_namespace writes every tag unprefixed under one xmlns, as the standard's
+    # samples do, without registering a prefix in ElementTree's process-wide table.
+    text: bytes = ET.tostring(
+        document, encoding="UTF-8", xml_declaration=True, default_namespace=PAIN002_NS
     )
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.002.001.03">'
-        "<CstmrPmtStsRpt>"
-        f"<GrpHdr><MsgId>STS-{uuid.uuid4().hex[:16]}</MsgId><CreDtTm>{now}</CreDtTm></GrpHdr>"
-        f"<OrgnlGrpInfAndSts><OrgnlMsgId>{escape(original_message_id)}</OrgnlMsgId>"
-        f"<OrgnlMsgNmId>pain.001</OrgnlMsgNmId><GrpSts>{group}</GrpSts></OrgnlGrpInfAndSts>"
-        f"{blocks}</CstmrPmtStsRpt></Document>\n"
-    ).encode()
+    return text + b"\n"

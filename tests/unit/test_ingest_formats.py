@@ -322,3 +322,43 @@ def test_the_pain001_parser_never_raises_but_refuses(text: str, old: bytes) -> N
     except FileRefused:
         return
     assert all(isinstance(item, BatchLine | LineError) for item in items)
+
+
+def test_the_pain002_report_escapes_what_the_file_and_the_ledger_gave() -> None:
+    """Ids and reasons with markup characters come back as the same text, in a
+    well-formed pain.002 document."""
+    import uuid
+
+    from defusedxml.ElementTree import fromstring
+
+    from producers.ingest.outcomes import PAIN002_NS, pain002
+
+    nasty = """<Tx id="1" & 'two'>]]>"""
+    posted, failed = uuid.uuid4(), uuid.uuid4()
+    document = pain002(
+        f"MSG {nasty}",
+        [(f"pmtinf:{nasty}/e2e:{nasty}-1", posted), (f"pmtinf:{nasty}/e2e:{nasty}-2", failed)],
+        {posted: ("posted", None), failed: ("failed", f"reason {nasty}")},
+    )
+    assert document.startswith(b"<?xml ")
+    root = fromstring(document)
+    ns = {"p": PAIN002_NS}
+    assert root.tag == f"{{{PAIN002_NS}}}Document"
+    assert root.findtext("p:CstmrPmtStsRpt/p:OrgnlGrpInfAndSts/p:OrgnlMsgId", namespaces=ns) == (
+        f"MSG {nasty}"
+    )
+    assert root.findtext("p:CstmrPmtStsRpt/p:OrgnlGrpInfAndSts/p:GrpSts", namespaces=ns) == "PART"
+    blocks = root.findall("p:CstmrPmtStsRpt/p:OrgnlPmtInfAndSts", ns)
+    assert [b.findtext("p:OrgnlPmtInfId", namespaces=ns) for b in blocks] == [nasty]
+    transactions = [
+        (
+            t.findtext("p:OrgnlEndToEndId", namespaces=ns),
+            t.findtext("p:TxSts", namespaces=ns),
+            t.findtext("p:StsRsnInf/p:Rsn/p:Prtry", namespaces=ns),
+        )
+        for t in blocks[0].findall("p:TxInfAndSts", ns)
+    ]
+    assert transactions == [
+        (f"{nasty}-1", "ACCP", None),
+        (f"{nasty}-2", "RJCT", f"reason {nasty}"),
+    ]
