@@ -26,7 +26,7 @@ from api.ops import close_monitor
 from api.ratelimit import RateLimitByAddress
 from api.request_log import RequestLog
 from api.routes import ROUTERS
-from api.routes.ops import page_router
+from api.routes.ops import STATIC_DIR, STATIC_PATH, OpsStaticFiles, page_router
 from bankflow.settings import Settings, get_settings
 
 #: One look at a dependency waits at most this long.
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(page_router)
+    app.mount(STATIC_PATH, OpsStaticFiles(directory=STATIC_DIR), name="ops-static")
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     return app
 

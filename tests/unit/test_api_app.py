@@ -25,6 +25,8 @@ with warnings.catch_warnings():  # starlette's notice about httpx2 is not ours t
 
 #: Routes FastAPI adds for the documentation: public by nature, declared here.
 DOCUMENTATION_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect"}
+#: Mounted folders of files (the ops page's script and style): public, holding no data.
+STATIC_MOUNTS = {"/ops/static"}
 
 
 def undeclared_routes(app: FastAPI) -> list[str]:
@@ -32,7 +34,7 @@ def undeclared_routes(app: FastAPI) -> list[str]:
     problems = []
     for route in iter_routes(app):
         if getattr(route, "dependant", None) is None:
-            if route.path not in DOCUMENTATION_PATHS:
+            if route.path not in DOCUMENTATION_PATHS | STATIC_MOUNTS:
                 problems.append(f"{route.path}: not an API route and not documentation")
             continue
         access = route_access(route)
@@ -93,7 +95,6 @@ def test_staff_routes_exclude_customers_and_public_routes_are_the_expected_few(
     assert public == [
         "/healthz",
         "/ops",
-        "/ops/static/{name}",
         "/readyz",
         "/v1/auth/refresh",
         "/v1/auth/register",
@@ -135,6 +136,36 @@ def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
     assert body["type"] == f"urn:bankflow:problem:{slug}" and body["status"] == status
     assert body["title"] and body["detail"]
     return body
+
+
+def test_the_ops_page_files_carry_its_headers_and_nothing_outside_its_folder(
+    app: FastAPI,
+) -> None:
+    from api.routes.ops import SECURITY_HEADERS
+
+    client = TestClient(app)
+    script = client.get("/ops/static/ops.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith(
+        "text/javascript"
+    )
+    assert client.get("/ops/static/ops.css").headers["content-type"].startswith("text/css")
+    for name, value in SECURITY_HEADERS.items():
+        assert script.headers[name] == value
+    again = client.get("/ops/static/ops.js", headers={"If-None-Match": script.headers["etag"]})
+    assert again.status_code == 304
+    assert again.headers["Content-Security-Policy"] == SECURITY_HEADERS["Content-Security-Policy"]
+    problem(client.get("/ops/static/missing.js"), 404, "not-found")
+    problem(client.get("/ops/static/"), 404, "not-found")
+    problem(client.post("/ops/static/ops.js"), 405, "method-not-allowed")
+    for sneaky in (
+        "/ops/static/%2e%2e/app.py",
+        "/ops/static/..%2fapp.py",
+        "/ops/static/%2e%2e/%2e%2e/pyproject.toml",
+        "/ops/static/%2e%2e%2f%2e%2e%2fpyproject.toml",
+    ):
+        answer = client.get(sneaky)
+        assert answer.status_code == 404, (sneaky, answer.text[:200])
+        assert "create_app" not in answer.text and "[project]" not in answer.text
 
 
 def test_unknown_routes_and_methods_are_problems(app: FastAPI) -> None:
