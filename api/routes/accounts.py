@@ -23,10 +23,10 @@ import base64
 import binascii
 import logging
 import uuid
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from cachetools import LRUCache
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
@@ -158,25 +158,23 @@ def decode_account_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 class SeenVersions:
     """The highest version of each account this process has answered with or read.
 
-    Bounded (least recently used accounts are forgotten). A cache entry below it is
-    older than something this process already showed, for instance after Redis was
-    unreachable and the balance came from PostgreSQL: it is not served.
+    Bounded (least recently used accounts are forgotten; a look counts as a use). A
+    cache entry below it is older than something this process already showed, for
+    instance after Redis was unreachable and the balance came from PostgreSQL: it is
+    not served.
     """
 
     def __init__(self, size_max: int) -> None:
-        self._versions: OrderedDict[uuid.UUID, int] = OrderedDict()
-        self._size_max = size_max
+        self._versions: LRUCache[uuid.UUID, int] = LRUCache(maxsize=size_max)
 
     def get(self, account_id: uuid.UUID) -> int:
         return self._versions.get(account_id, -1)
 
     def observe(self, account_id: uuid.UUID, version: int) -> None:
+        # The look marks the account most recently used; storing a newer version
+        # does too, and forgets the least recently used account beyond the bound.
         if version > self._versions.get(account_id, -1):
             self._versions[account_id] = version
-        if account_id in self._versions:
-            self._versions.move_to_end(account_id)
-        while len(self._versions) > self._size_max:
-            self._versions.popitem(last=False)
 
 
 class BalanceReader:

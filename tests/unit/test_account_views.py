@@ -143,3 +143,13 @@ def test_seen_versions_only_grow_and_stay_bounded() -> None:
     seen.observe(a, 6)  # a is now the most recently used
     seen.observe(c, 1)  # b, the least recently used, is forgotten
     assert (seen.get(a), seen.get(b), seen.get(c)) == (6, -1, 1)
+
+
+def test_seen_versions_count_a_look_as_a_use() -> None:
+    seen = SeenVersions(size_max=2)
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    seen.observe(a, 1)
+    seen.observe(b, 1)
+    assert seen.get(a) == 1  # a is now the most recently used
+    seen.observe(c, 1)  # so b is forgotten
+    assert (seen.get(a), seen.get(b), seen.get(c)) == (1, -1, 1)
