@@ -14,7 +14,7 @@ import re
 import time
 
 from fastapi.routing import iter_route_contexts
-from starlette.routing import compile_path
+from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bankflow.metrics import ApiMetrics, registered
@@ -71,6 +71,8 @@ class RouteTable:
 
     def __init__(self, app: object) -> None:
         self.routes: list[tuple[re.Pattern[str], str, frozenset[str]]] = []
+        #: Mounted apps (the ops page's static files) are labelled by their mount path.
+        self.mounts = [r.path for r in getattr(app, "routes", []) if isinstance(r, Mount)]
         for context in iter_route_contexts(getattr(app, "routes", [])):
             path = context.path
             if isinstance(path, str):
@@ -80,6 +82,9 @@ class RouteTable:
     def template(self, path: str, method: str) -> str:
         """The route serving ``method path``; else one that serves the path (a 405)."""
         fallback = UNMATCHED
+        for mount in self.mounts:
+            if path.startswith(f"{mount}/"):
+                return mount
         for pattern, template, methods in self.routes:
             if pattern.match(path):
                 if not methods or method in methods:

@@ -191,3 +191,11 @@ def test_an_unexpected_error_is_a_500_problem_without_the_stack(
     logged = [r for r in caplog.records if r.exc_info]
     assert logged and "secret internals" in str(logged[0].exc_info[1])  # type: ignore[index]
     assert body["instance"] == "/boom"
+
+
+def test_the_static_files_are_counted_under_their_mount_not_as_unmatched() -> None:
+    from api.metrics import UNMATCHED, RouteTable
+
+    routes = RouteTable(create_app(Settings(_env_file=None)))  # type: ignore[call-arg]
+    assert routes.template("/ops/static/ops.js", "GET") == "/ops/static"
+    assert routes.template("/no/such/path", "GET") == UNMATCHED
