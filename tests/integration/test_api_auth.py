@@ -172,22 +172,56 @@ def test_a_refresh_token_used_twice_revokes_its_whole_family(client: TestClient,
 def test_a_revoked_token_stays_revoked_while_redis_is_down(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    import socket
+
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from api.context import REDIS_TIMEOUT_S
+    from bankflow.identity import store
 
     register(client, "cy@example.com")
     pair = tokens_for(client, "cy@example.com")
     assert client.post("/v1/auth/logout", headers=bearer(pair)).status_code == 204
     live = tokens_for(client, "cy@example.com")
 
-    async def redis_down(*args: Any, **kwargs: Any) -> Any:
-        raise RedisConnectionError("Redis is down (test)")
-
+    # Redis down for the app: its client points at a port bound here but not listening,
+    # so every command (the rate-limit-and-revocation round trip, then the fallback's own
+    # MGET) is refused at once, whichever method the code path uses. No retries: the
+    # app's client retries a refused connection for about 4 s per command, which would
+    # only make this test slow, not different.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
     context = client.app.state.context  # type: ignore[attr-defined]
-    monkeypatch.setattr(context.redis, "mget", redis_down)
-    # The check falls back to PostgreSQL: the logged-out family is still refused ...
-    problem(client.get("/v1/users/me", headers=bearer(pair)), 401, "unauthorized")
-    # ... and a live one still works.
-    assert client.get("/v1/users/me", headers=bearer(live)).status_code == 200
+    dead_redis = redis.asyncio.Redis(
+        host="127.0.0.1",
+        port=dead_port,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+    monkeypatch.setattr(context, "redis", dead_redis)
+    # Spy on the PostgreSQL fallback: the answers below must come from it.
+    answers: list[bool] = []
+    family_revoked = store.family_revoked
+
+    async def spy(conn: Any, family_id: uuid.UUID) -> bool:
+        answer = await family_revoked(conn, family_id)
+        answers.append(answer)
+        return answer
+
+    monkeypatch.setattr(store, "family_revoked", spy)
+    try:
+        # The check falls back to PostgreSQL: the logged-out family is still refused ...
+        problem(client.get("/v1/users/me", headers=bearer(pair)), 401, "unauthorized")
+        assert answers == [True]
+        # ... and a live one still works.
+        assert client.get("/v1/users/me", headers=bearer(live)).status_code == 200
+        assert answers == [True, False]
+    finally:
+        closed.close()
 
 
 # ------------------------------------------------------------------ lockout
