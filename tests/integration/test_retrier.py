@@ -19,6 +19,8 @@ from tests.ledger_support import signed
 
 pytestmark = pytest.mark.timeout(120)
 TIERS = {"fast": 1, "slow": 3}
+#: How long the waiting partition's messages wait in the first test.
+WAIT_S = 5
 
 
 def retried(origin: str, not_before: datetime | None, attempt: int = 1) -> list:
@@ -52,60 +54,68 @@ def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
     settings = settings.model_copy(update={"retry_tiers": TIERS})
     topics(TRANSFERS_REQUESTED, TRANSFERS_DLQ, *(retry_topic(t) for t in TIERS))
     origin = settings.topic(TRANSFERS_REQUESTED)
-    now = datetime.now(UTC)
-    later = now + timedelta(seconds=3)
-    producer = kafka_producer(settings)
-    produce_retry(
-        producer,
-        settings,
-        "fast",
-        key=b"a",
-        value=b"waits-1",
-        headers=retried(origin, later),
-        partition=0,
-    )
-    produce_retry(
-        producer,
-        settings,
-        "fast",
-        key=b"a",
-        value=b"waits-2",
-        headers=retried(origin, later),
-        partition=0,
-    )
-    produce_retry(
-        producer,
-        settings,
-        "fast",
-        key=b"b",
-        value=b"due",
-        headers=retried(origin, now),
-        partition=1,
-    )
-    produce_retry(
-        producer,
-        settings,
-        "fast",
-        key=b"c",
-        value=b"no-time",
-        headers=retried(origin, None),
-        partition=2,
-    )
-    produce_retry(
-        producer,
-        settings,
-        "slow",
-        key=b"d",
-        value=b"due-2",
-        headers=retried(origin, now, 2),
-        partition=0,
-    )
-    assert producer.flush(30) == 0
-
+    # The retrier owns every partition of both tiers before anything is produced, so the
+    # wait below is measured from a retrier that already reads: a slow group join cannot
+    # use it up and let the waiting messages come due before the others were read.
     retrier = build(settings)
     retrier.subscribe()
-    deadline = time.monotonic() + 60
     try:
+        deadline = time.monotonic() + 60
+        while len(retrier.positions) < len(TIERS) * settings.topic_partitions:
+            assert time.monotonic() < deadline, f"retrier not assigned: {retrier.positions}"
+            retrier.step()
+        now = datetime.now(UTC)
+        # Long enough for the due messages to be read and sent back first on a loaded machine.
+        later = now + timedelta(seconds=WAIT_S)
+        producer = kafka_producer(settings)
+        produce_retry(
+            producer,
+            settings,
+            "fast",
+            key=b"a",
+            value=b"waits-1",
+            headers=retried(origin, later),
+            partition=0,
+        )
+        produce_retry(
+            producer,
+            settings,
+            "fast",
+            key=b"a",
+            value=b"waits-2",
+            headers=retried(origin, later),
+            partition=0,
+        )
+        produce_retry(
+            producer,
+            settings,
+            "fast",
+            key=b"b",
+            value=b"due",
+            headers=retried(origin, now),
+            partition=1,
+        )
+        produce_retry(
+            producer,
+            settings,
+            "fast",
+            key=b"c",
+            value=b"no-time",
+            headers=retried(origin, None),
+            partition=2,
+        )
+        produce_retry(
+            producer,
+            settings,
+            "slow",
+            key=b"d",
+            value=b"due-2",
+            headers=retried(origin, now, 2),
+            partition=0,
+        )
+        assert producer.flush(30) == 0
+
+        deadline = time.monotonic() + 60
         while sum(retrier.stage.sent.values()) < 5 and time.monotonic() < deadline:
             retrier.step()
         assert retrier.stage.paused == {}
@@ -117,9 +127,15 @@ def test_messages_come_back_when_due_and_a_waiting_partition_blocks_no_other(
     assert sorted(back) == [b"due", b"due-2", b"waits-1", b"waits-2"]
     # Order within the partition is kept, and nothing came back before its time.
     assert back[b"waits-1"].offset() < back[b"waits-2"].offset()
+    later_ms = int(later.timestamp() * 1000)
     for name in (b"waits-1", b"waits-2"):
         _kind, sent_ms = back[name].timestamp()
-        assert sent_ms >= int(later.timestamp() * 1000)
+        assert sent_ms >= later_ms
+    # The waiting partition blocked no other: the due messages of the other partition of
+    # its tier and of the other tier were sent back before the waiting ones came due.
+    for name in (b"due", b"due-2"):
+        _kind, sent_ms = back[name].timestamp()
+        assert sent_ms < later_ms, (name, sent_ms, later_ms)
     # Headers travel on (the attempt count decides the next tier), the spent time does not.
     headers = header_map(back[b"due-2"].headers())
     assert headers[h.ATTEMPT] == "2" and h.NOT_BEFORE not in headers
