@@ -85,6 +85,7 @@ DRAIN_TIMEOUT_S = 600
 STEADY_SHARE = 0.8
 BASELINE_TOPIC = "bench.e2e-baseline"
 TERMINAL_STATUSES = ["rejected", "posted", "failed"]
+STAGE_KEYS = ("validator_ms_p50", "validator_ms_p99", "poster_ms_p50", "poster_ms_p99")
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,20 @@ def steady_rate_per_s(times_s: Sequence[float], share: float = STEADY_SHARE) -> 
     return (last - first) / (ordered[last] - ordered[first])
 
 
+def steady_middle(
+    by_time: Sequence[tuple[float, float]], share: float = STEADY_SHARE
+) -> list[float]:
+    """The values of the middle ``share`` of ``(time, value)`` pairs, in time order.
+
+    Latencies are steady-state figures like the rate: the first requests wait for the
+    stages' first batches (measured: up to 0.6 s in the first second at 500/s, under
+    0.2 s after it), the last ones for partly filled batches.
+    """
+    ordered = sorted(by_time)
+    skip = round(len(ordered) * (1 - share) / 2)
+    return [value for _, value in ordered[skip : len(ordered) - skip]]
+
+
 def plan_transfers(
     accounts: Sequence[uuid.UUID], count: int, hot_share: float, seed: int = 7
 ) -> list[Planned]:
@@ -161,12 +176,12 @@ def plan_transfers(
 def summarise(
     options: Options,
     pipeline: dict[str, Any],
-    kafka_tps: float,
+    kafka: dict[str, float],
     sql_tps: float,
     settings: Settings,
 ) -> dict[str, Any]:
     """The one JSON object the command prints."""
-    posted_tps = pipeline["posted_tps"]
+    posted_tps, kafka_tps = pipeline["posted_tps"], kafka["tps"]
     return {
         "transfers": options.transfers,
         "accounts": options.accounts,
@@ -178,7 +193,13 @@ def summarise(
         "latency_ms_p50": round(pipeline["latency_ms_p50"], 1),
         "latency_ms_p99": round(pipeline["latency_ms_p99"], 1),
         "latency_ms_max": round(pipeline["latency_ms_max"], 1),
+        # Warm-up and tail included: the first requests wait for the first batches.
+        "latency_ms_max_all": round(pipeline["latency_ms_max_all"], 1),
+        # Request to the validator's decision, and decision to posting.
+        **{key: round(pipeline[key], 1) for key in STAGE_KEYS if key in pipeline},
         "kafka_baseline_tps": round(kafka_tps),
+        "kafka_produce_tps": round(kafka["produce_tps"]),
+        "kafka_consume_tps": round(kafka["consume_tps"]),
         "sql_baseline_tps": round(sql_tps),
         "ratio_to_kafka": round(posted_tps / kafka_tps, 3) if kafka_tps else None,
         "ratio_to_sql": round(posted_tps / sql_tps, 3) if sql_tps else None,
@@ -187,6 +208,8 @@ def summarise(
         "failed": pipeline["failed"],
         "lost": pipeline["lost"],
         "duplicated": pipeline["duplicated"],
+        "wall_s": round(pipeline.get("wall_s", 0.0), 1),
+        **{key: round(value, 1) for key, value in pipeline.items() if key.startswith("cpu_s_")},
     }
 
 
@@ -208,10 +231,10 @@ def run_bench(settings: Settings, options: Options, echo: Callable[[str], None])
         owners = _open_accounts(bench, options.accounts)
         processes = _start_services(bench, work, echo)
         _fund(bench, list(owners), echo)
-        pipeline = _run_pipeline(bench, owners, options, echo)
+        pipeline = _run_pipeline(bench, owners, options, processes, echo)
         _stop_all(processes)
         echo("baselines: bare Kafka, bare SQL ...")
-        kafka_tps = _kafka_baseline_tps(bench, options.transfers, pipeline["sample"])
+        kafka = _kafka_baseline_tps(bench, options.transfers, pipeline["sample"])
         with db_connect(bench, autocommit=True) as conn:
             conn.execute("vacuum analyze")  # the pipeline's rows are not the baseline's cost
             sql_tps = _bare_sql_tps(conn, bench, list(owners), options.transfers)
@@ -220,7 +243,7 @@ def run_bench(settings: Settings, options: Options, echo: Callable[[str], None])
         clean_up(bench, topics)
         _drop_redis_keys(redis_client(bench), bench.redis_prefix)
     shutil.rmtree(work, ignore_errors=True)  # kept on failure: the services' logs
-    return summarise(options, pipeline, kafka_tps, sql_tps, settings)
+    return summarise(options, pipeline, kafka, sql_tps, settings)
 
 
 def _bench_rules(settings: Settings, work: Path) -> Path:
@@ -372,6 +395,7 @@ def _run_pipeline(
     settings: Settings,
     owners: dict[uuid.UUID, uuid.UUID],
     options: Options,
+    processes: list[subprocess.Popen[bytes]],
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
     planned = plan_transfers(list(owners), options.transfers, options.hot_share)
@@ -380,11 +404,19 @@ def _run_pipeline(
         base = _count(conn, "select count(*) from transfers")
         rate = "max" if options.rate_per_s is None else f"{options.rate_per_s:,.0f}/s"
         echo(f"producing {len(planned):,} requests at {rate} ...")
+        pids = {name: p.pid for name, p in zip(SERVICES, processes, strict=True)}
+        pids["bench"] = os.getpid()  # the producer
+        cpu_before = {name: cpu_seconds(pid) for name, pid in [*pids.items(), ("machine", None)]}
         started = time.perf_counter()
         sample = _produce(settings, owners, planned, options.rate_per_s)
         produced_s = time.perf_counter() - started
         _drain(conn, base, len(planned), echo)
-        return {**_outcome(conn, ids), "sample": sample,
+        wall_s = time.perf_counter() - started
+        # Where the time goes: each service's CPU seconds while the run lasted, next to
+        # the bench's and the machine's (PostgreSQL, Kafka and Redis are the rest).
+        cpu = {f"cpu_s_{name}": cpu_seconds(pids.get(name)) - before
+               for name, before in cpu_before.items()}  # fmt: skip
+        return {**_outcome(conn, ids), **cpu, "sample": sample, "wall_s": wall_s,
                 "produced_tps": len(planned) / produced_s}  # fmt: skip
 
 
@@ -448,12 +480,13 @@ def _outcome(conn: Any, ids: list[uuid.UUID]) -> dict[str, Any]:
     """The figures and checks from the ledger and the status table, for ``ids`` only."""
     rows = conn.execute(
         "select extract(epoch from posted_at)::float8, "
-        "extract(epoch from posted_at - requested_at)::float8 * 1000 "
+        "extract(epoch from posted_at - requested_at)::float8 * 1000, "
+        "extract(epoch from requested_at)::float8 "
         "from transfers where id = any(%s) and status = 'posted'",
         (ids,),
     ).fetchall()
     posted_times = [r[0] for r in rows]
-    latencies = [r[1] for r in rows]
+    latencies = steady_middle([(r[2], r[1]) for r in rows])
     lost = _count(
         conn,
         "select count(*) from unnest(%s::uuid[]) as p(id) "
@@ -477,19 +510,49 @@ def _outcome(conn: Any, ids: list[uuid.UUID]) -> dict[str, Any]:
         ids,
     )
     return {
+        **_stage_latencies(conn, ids),
         "posted": len(rows), "failed": failed, "rejected": rejected, "lost": lost,
         "duplicated": duplicated, "posted_tps": steady_rate_per_s(posted_times),
         "latency_ms_p50": percentile(latencies, 0.50),
         "latency_ms_p99": percentile(latencies, 0.99),
         "latency_ms_max": max(latencies, default=0.0),
+        "latency_ms_max_all": max((r[1] for r in rows), default=0.0),
     }  # fmt: skip
+
+
+def _stage_latencies(conn: Any, ids: list[uuid.UUID]) -> dict[str, float]:
+    """Where a posted request's time goes: up to the validator's decision, then on to
+    its posting (``validator_decisions.decided_at`` is the validator's store
+    transaction, just before its Kafka transaction commits)."""
+    rows = conn.execute(
+        "select extract(epoch from t.requested_at)::float8, "
+        "extract(epoch from d.decided_at - t.requested_at)::float8 * 1000, "
+        "extract(epoch from t.posted_at - d.decided_at)::float8 * 1000 "
+        "from transfers t join validator_decisions d on d.transfer_id = t.id "
+        "where t.id = any(%s) and t.status = 'posted'",
+        (ids,),
+    ).fetchall()
+    to_decision = steady_middle([(r[0], r[1]) for r in rows])
+    to_posting = steady_middle([(r[0], r[2]) for r in rows])
+    return {
+        "validator_ms_p50": percentile(to_decision, 0.50),
+        "validator_ms_p99": percentile(to_decision, 0.99),
+        "poster_ms_p50": percentile(to_posting, 0.50),
+        "poster_ms_p99": percentile(to_posting, 0.99),
+    }
 
 
 # --------------------------------------------------------------- baselines
 
 
-def _kafka_baseline_tps(settings: Settings, count: int, sample: bytes) -> float:
-    """A bare producer and a bare read_committed consumer, both running at once."""
+def _kafka_baseline_tps(settings: Settings, count: int, sample: bytes) -> dict[str, float]:
+    """A bare producer and a bare read_committed consumer, both running at once.
+
+    The pair carries what the slower of the two carries: the producer's rate (to the
+    last acknowledgement) and the consumer's (from its first batch to the last; the
+    first fetch waits out ``fetch.wait.max.ms``, and batches of up to a thousand are too
+    coarse for a rate over the middle share) are measured, the baseline is the lower.
+    """
     topic = settings.topic(BASELINE_TOPIC)
     consumer = kafka_consumer(settings, group_id=f"{settings.topic_prefix}kafka-baseline")
     consumer.subscribe([topic])
@@ -501,6 +564,7 @@ def _kafka_baseline_tps(settings: Settings, count: int, sample: bytes) -> float:
             consumer.poll(0.1)
         keys = [uuid.UUID(int=n).bytes for n in range(1000)]
         producer = kafka_producer(settings)
+        produced_s: list[float] = []
         started = time.perf_counter()
 
         def produce() -> None:
@@ -508,10 +572,11 @@ def _kafka_baseline_tps(settings: Settings, count: int, sample: bytes) -> float:
                 producer.produce(topic, key=keys[n % len(keys)], value=sample)
                 producer.poll(0)
             producer.flush(120)
+            produced_s.append(time.perf_counter() - started)
 
         thread = threading.Thread(target=produce, daemon=True)
         thread.start()
-        read_times: list[float] = []
+        read_times: list[float] = []  # seconds since the first produce, one per message
         last_read = time.monotonic()
         while len(read_times) < count and time.monotonic() - last_read < STALL_TIMEOUT_S:
             batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
@@ -519,9 +584,32 @@ def _kafka_baseline_tps(settings: Settings, count: int, sample: bytes) -> float:
                 last_read = time.monotonic()
                 read_times.extend([time.perf_counter() - started] * len(batch))
         thread.join(STALL_TIMEOUT_S)
-        # From the first produce to the last message read: the consumer reads in bursts
-        # of up to a thousand at a time, too coarse for a rate over the middle share.
-        return len(read_times) / read_times[-1] if read_times else 0.0
+        first = read_times.count(read_times[0]) if read_times else 0
+        span_s = read_times[-1] - read_times[0] if read_times else 0.0
+        consume_tps = (len(read_times) - first) / span_s if span_s > 0 else 0.0
+        produce_tps = count / produced_s[0] if produced_s else 0.0
+        return {"produce_tps": produce_tps, "consume_tps": consume_tps,
+                "tps": min(produce_tps, consume_tps or produce_tps)}  # fmt: skip
     finally:
         with contextlib.suppress(Exception):
             consumer.close()
+
+
+# --------------------------------------------------------------- CPU use
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user and system) used so far by process ``pid``, or by the whole
+    machine when None; 0 where ``/proc`` cannot tell (not Linux, process gone)."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    try:
+        if pid is None:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            # user nice system idle iowait irq softirq steal: all but idle and iowait
+            busy = [int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4)]
+            return sum(busy) / ticks_per_s
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / ticks_per_s  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return 0.0

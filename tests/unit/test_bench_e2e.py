@@ -13,6 +13,7 @@ from bench.e2e import (
     parse_rate,
     percentile,
     plan_transfers,
+    steady_middle,
     steady_rate_per_s,
     summarise,
 )
@@ -40,6 +41,15 @@ def test_no_rate_from_too_few_events_or_events_all_at_once() -> None:
     assert steady_rate_per_s([5.0] * 100) == 0
 
 
+def test_steady_latencies_leave_out_the_first_and_last_requests() -> None:
+    # Requests at t=0..99; the first ten waited for the first batches.
+    pairs = [(float(t), 500.0 if t < 10 else 20.0) for t in range(99, -1, -1)]
+    middle = steady_middle(pairs)
+    assert len(middle) == 80
+    assert set(middle) == {20.0}
+    assert steady_middle([]) == []
+
+
 def test_rates_are_max_or_positive_numbers() -> None:
     assert parse_rate("max") is None
     assert parse_rate("MAX") is None
@@ -64,10 +74,12 @@ def test_the_workload_sends_the_hot_share_from_the_hot_accounts() -> None:
 def test_the_json_object_has_every_figure() -> None:
     pipeline = {
         "posted_tps": 1000.4, "produced_tps": 5000.0, "latency_ms_p50": 12.34,
-        "latency_ms_p99": 80.0, "latency_ms_max": 95.0, "posted": 100, "rejected": 0,
+        "latency_ms_p99": 80.0, "latency_ms_max": 95.0, "latency_ms_max_all": 600.0,
+        "validator_ms_p50": 5.0, "posted": 100, "cpu_s_poster": 1.234, "wall_s": 2.0, "rejected": 0,
         "failed": 0, "lost": 0, "duplicated": 0,
     }  # fmt: skip
-    result = summarise(Options(100, 200, 0.2, 500.0), pipeline, 4000.0, 2000.0, Settings())
+    kafka = {"tps": 4000.0, "produce_tps": 4000.0, "consume_tps": 9000.0}
+    result = summarise(Options(100, 200, 0.2, 500.0), pipeline, kafka, 2000.0, Settings())
     required = {
         "posted_tps", "latency_ms_p50", "latency_ms_p99", "latency_ms_max",
         "kafka_baseline_tps", "sql_baseline_tps", "ratio_to_sql", "transfers", "accounts",
@@ -78,4 +90,10 @@ def test_the_json_object_has_every_figure() -> None:
     assert result["ratio_to_sql"] == pytest.approx(0.5, abs=0.001)
     assert result["ratio_to_kafka"] == pytest.approx(0.25, abs=0.001)
     assert result["rate"] == 500.0
-    assert summarise(Options(1, rate_per_s=None), pipeline, 0.0, 0.0, Settings())["rate"] == "max"
+    assert result["validator_ms_p50"] == 5.0
+    assert result["latency_ms_max_all"] == 600.0
+    assert result["cpu_s_poster"] == 1.2
+    nothing = {"tps": 0.0, "produce_tps": 0.0, "consume_tps": 0.0}
+    assert (
+        summarise(Options(1, rate_per_s=None), pipeline, nothing, 0.0, Settings())["rate"] == "max"
+    )
