@@ -242,7 +242,11 @@ def run_bench(settings: Settings, options: Options, echo: Callable[[str], None])
         _stop_all(processes)
         clean_up(bench, topics)
         _drop_redis_keys(redis_client(bench), bench.redis_prefix)
-    shutil.rmtree(work, ignore_errors=True)  # kept on failure: the services' logs
+    if pipeline["lost"] or pipeline["duplicated"]:
+        echo(f"[red]lost {pipeline['lost']}, duplicated {pipeline['duplicated']}[/red]: "
+             f"the services' logs are in {work}")  # fmt: skip
+    else:
+        shutil.rmtree(work, ignore_errors=True)  # kept on failure: the services' logs
     return summarise(options, pipeline, kafka, sql_tps, settings)
 
 
