@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bankflow.domain.money import CURRENCY_EXPONENTS
 from schemas.topics import RETRY_TIERS_S, TRANSFERS_REQUESTED, all_topics, retry_topic
 
 #: The repository root when bankflow runs from a checkout (the usual case).
@@ -93,6 +94,17 @@ class Settings(BaseSettings):
         # librdkafka reads "sasl_ssl" as well as "SASL_SSL"; so do we.
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("currencies")
+    @classmethod
+    def _currencies_in_the_table(cls, value: list[str]) -> list[str]:
+        # The service refuses to start on a currency whose exponent it does not know,
+        # rather than open accounts it could not format or parse amounts of.
+        unknown = [code for code in value if code not in CURRENCY_EXPONENTS]
+        if unknown:
+            known = ", ".join(sorted(CURRENCY_EXPONENTS))
+            raise ValueError(f"currencies {unknown} are not in the table ({known})")
+        return value
+
     @field_validator(
         "kafka_sasl_mechanism",
         "kafka_ssl_ca_location",
@@ -137,7 +149,8 @@ class Settings(BaseSettings):
     # The ledger. IBANs of new accounts: country and bank code (the BBAN's bank part).
     iban_country: str = Field(default="DE", pattern=r"^[A-Z]{2}$")
     iban_bank_code: str = Field(default="99990000", pattern=r"^[A-Z0-9]{1,12}$")
-    #: The currencies the bank holds accounts in; each gets its internal accounts.
+    #: The currencies this bank opens accounts in, each one of the domain's table
+    #: (``bankflow.domain.money.CURRENCY_EXPONENTS``); each gets its internal accounts.
     currencies: list[str] = Field(default_factory=lambda: ["EUR", "USD", "GBP", "CHF"])
 
     #: Tells instances of one service apart (the validator's transactional id); each

@@ -16,6 +16,7 @@ from typing import Final, Literal
 
 from bankflow.domain.errors import InvalidIban
 from bankflow.domain.iban import account_reference_key, looks_like_iban, normalize_iban
+from bankflow.domain.money import minor_units
 from bankflow.domain.posting import INTERNAL_TYPES, AccountStatus, AccountType
 from schemas.transfers import AcceptedTransfer, TransferRequest
 
@@ -35,19 +36,36 @@ class RejectReason(StrEnum):
     EXTERNAL_NOT_SUPPORTED = "external_not_supported"
 
 
-#: The most one transfer may move, in minor units, by the debit account's type. The
-#: bank's own accounts (cash deposits, settlement) are limited by the staff who use them.
-TRANSFER_LIMIT_MINOR: Final[dict[AccountType, int]] = {
-    AccountType.CHECKING: 5_000_000_00,
-    AccountType.SAVINGS: 1_000_000_00,
+#: The most one transfer may move, in whole units of the account's currency, by the
+#: debit account's type; ``transfer_limit_minor`` scales it by the currency's exponent
+#: (5,000,000.00 EUR, 5,000,000 JPY, 5,000,000.000 KWD). The bank's own accounts (cash
+#: deposits, settlement) are limited by the staff who use them.
+TRANSFER_LIMIT_MAJOR: Final[dict[AccountType, int]] = {
+    AccountType.CHECKING: 5_000_000,
+    AccountType.SAVINGS: 1_000_000,
 }
 
-#: The most an account may send within 24 hours, by type: the limit of the account's
-#: contract, above which the customer must ask the bank. Counted over a sliding day.
-DAILY_LIMIT_MINOR: Final[dict[AccountType, int]] = {
-    AccountType.CHECKING: 10_000_000_00,
-    AccountType.SAVINGS: 2_000_000_00,
+#: The most an account may send within 24 hours, by type, in whole units of its
+#: currency: the limit of the account's contract, above which the customer must ask
+#: the bank. Counted over a sliding day.
+DAILY_LIMIT_MAJOR: Final[dict[AccountType, int]] = {
+    AccountType.CHECKING: 10_000_000,
+    AccountType.SAVINGS: 2_000_000,
 }
+
+
+def transfer_limit_minor(debit_type: AccountType, currency: str) -> int | None:
+    """The most one transfer from this type of account may move, in minor units of
+    ``currency``; None for the bank's own accounts, which have no such limit."""
+    major = TRANSFER_LIMIT_MAJOR.get(debit_type)
+    return None if major is None else minor_units(major, currency)
+
+
+def daily_limit_minor(debit_type: AccountType, currency: str) -> int | None:
+    """The most this type of account may send in 24 hours, in minor units of ``currency``."""
+    major = DAILY_LIMIT_MAJOR.get(debit_type)
+    return None if major is None else minor_units(major, currency)
+
 
 #: ``requested_by`` of a customer names the customer: ``customer:<uuid>``. Anything
 #: else is staff or a system (teller, batch, demo) and may debit any account.
@@ -107,14 +125,15 @@ def validate(request: TransferRequest, accounts: Mapping[str, AccountFacts]) -> 
 
 
 def daily_limit_reasons(
-    debit_type: AccountType, sent_today_minor: int, amount_minor: int
+    debit_type: AccountType, currency: str, sent_today_minor: int, amount_minor: int
 ) -> list[RejectReason]:
     """``above_daily_limit`` when this transfer would take the day's total over the limit.
 
     ``sent_today_minor`` is what the account sent in the 24 hours before this transfer
-    (from the fraud state); kept apart from ``validate`` because it needs that state.
+    (from the fraud state), in minor units of ``currency``, the debit account's; kept
+    apart from ``validate`` because it needs that state.
     """
-    limit = DAILY_LIMIT_MINOR.get(debit_type)
+    limit = daily_limit_minor(debit_type, currency)
     if limit is not None and sent_today_minor + amount_minor > limit:
         return [RejectReason.ABOVE_DAILY_LIMIT]
     return []
@@ -172,7 +191,7 @@ def _account_reasons(
         or debit.type in INTERNAL_TYPES
     ):
         reasons.append(RejectReason.NOT_ACCOUNT_OWNER)
-    limit = TRANSFER_LIMIT_MINOR.get(debit.type)
+    limit = transfer_limit_minor(debit.type, debit.currency)
     if limit is not None and request.amount_minor > limit:
         reasons.append(RejectReason.ABOVE_TRANSFER_LIMIT)
     return reasons

@@ -456,7 +456,10 @@ def screen(
         activity = s.activity()
         profile = state.profile_before(activity)
         over = daily_limit_reasons(
-            s.debit.type, profile.day_total_minor(activity.at_ms), activity.amount_minor
+            s.debit.type,
+            s.debit.currency,
+            profile.day_total_minor(activity.at_ms),
+            activity.amount_minor,
         )
         if over:
             result.outputs[s.n] = _rejected(s.message, s.request, [r.value for r in over])

@@ -16,7 +16,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bankflow.domain.money import AMOUNT_MINOR_MAX
+from bankflow.domain.money import AMOUNT_MINOR_MAX, CURRENCY_PATTERN
 
 #: The namespace of every id bankflow derives (transfer ids from idempotency keys,
 #: event ids from transfer ids). Changing it would change every derived id.
@@ -37,7 +37,8 @@ ACCOUNT_REFERENCE_MAX: Final = 64
 TEXT_PATTERN: Final = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+#: One of the currencies of ``bankflow.domain.money.CURRENCY_EXPONENTS``, the one table.
+Currency = Annotated[str, Field(pattern=CURRENCY_PATTERN, examples=["EUR"])]
 AmountMinor = Annotated[int, Field(gt=0, le=AMOUNT_MINOR_MAX, examples=[1250])]
 Tag = Annotated[str, Field(min_length=1, max_length=TAG_LENGTH_MAX, pattern=TEXT_PATTERN)]
 

@@ -8,16 +8,25 @@ parsed by ``parse_amount``, and every amount that leaves as text is formatted by
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 from bankflow.domain.errors import InvalidAmount, UnsupportedCurrency
 
-#: ISO 4217 minor-unit exponents of the currencies bankflow holds accounts in.
+#: The one table of the currencies bankflow can hold, each with its ISO 4217 minor-unit
+#: exponent (the number of decimal places: 2 for EUR, 0 for JPY, 3 for KWD). Every
+#: other check of a currency (the message schemas' pattern, ``BANKFLOW_CURRENCIES``,
+#: parsing, formatting, the validator's limits) reads it; nothing keeps its own list.
 #: A bank supports a deliberate list; adding one is a reviewed change, not a lookup.
-CURRENCY_EXPONENTS: Final[dict[str, int]] = {
+CURRENCY_EXPONENTS: Final[Mapping[str, int]] = MappingProxyType({
     "EUR": 2, "USD": 2, "GBP": 2, "CHF": 2, "SEK": 2, "NOK": 2, "DKK": 2, "PLN": 2,
     "CZK": 2, "HUF": 2, "RON": 2, "CAD": 2, "AUD": 2, "JPY": 0, "KWD": 3, "BHD": 3,
-}  # fmt: skip
+})  # fmt: skip
+
+#: A regular expression that matches exactly the codes of ``CURRENCY_EXPONENTS``, for
+#: schemas that declare their check as a pattern (and publish it in their JSON schema).
+CURRENCY_PATTERN: Final = f"^(?:{'|'.join(sorted(CURRENCY_EXPONENTS))})$"
 
 #: The largest amount one transfer may carry: 10^15 minor units (10 trillion EUR) keeps
 #: every sum of a day's transfers far inside PostgreSQL's bigint.
@@ -64,15 +73,29 @@ def parse_amount(text: str, currency: str, *, allow_zero: bool = False) -> int:
     places = exponent(currency)
     fraction = match.group("frac") or ""
     if len(fraction) > places:
-        raise InvalidAmount(
-            f"amount {text!r} has {len(fraction)} decimal places; {currency} has {places}"
-        )
+        raise InvalidAmount(_too_many_places(text, len(fraction), currency, places))
     minor = int(match.group("int") + fraction.ljust(places, "0"))
     if minor < 0 or (minor == 0 and not allow_zero):
         raise InvalidAmount(f"amount {text!r} must be greater than zero")
     if minor > AMOUNT_MINOR_MAX:
         raise InvalidAmount(f"amount {text!r} is above the limit of one transfer")
     return minor
+
+
+def _too_many_places(text: str, given: int, currency: str, places: int) -> str:
+    if places == 0:
+        return (
+            f"amount {text!r} has {given} decimal places; {currency} has 0 "
+            f"(no minor unit): write a whole number such as {text.strip().split('.')[0]}"
+        )
+    return f"amount {text!r} has {given} decimal places; {currency} has {places}"
+
+
+def minor_units(major: int, currency: str) -> int:
+    """A whole number of major units (a limit such as 5,000,000) in minor units of
+    ``currency``: 500,000,000 cents for EUR, 5,000,000 for JPY, 5,000,000,000 fils for KWD."""
+    scale: int = 10 ** exponent(currency)  # typeshed types int ** int as Any
+    return major * scale
 
 
 def format_amount(minor: int, currency: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
+from bankflow.domain.errors import UnsupportedCurrency
 from bankflow.domain.iban import (
     account_reference_key,
     generate_iban,
@@ -105,7 +106,7 @@ def _check_request(account_type: str, currency: str, overdraft_limit_minor: int)
         raise InvalidAccountRequest(f"type {account_type!r} is not one of {known}") from None
     try:
         exponent(currency)
-    except ValueError as exc:
+    except UnsupportedCurrency as exc:
         raise InvalidAccountRequest(str(exc)) from None
     if overdraft_limit_minor < 0:
         raise InvalidAccountRequest("overdraft limit must be zero or more")

@@ -29,7 +29,7 @@ import orjson
 import psycopg
 
 from bankflow.bootstrap import db_connect, kafka_producer
-from bankflow.domain.errors import DomainError, InvalidAccountReference
+from bankflow.domain.errors import DomainError, InvalidAccountReference, UnsupportedCurrency
 from bankflow.domain.iban import account_reference_key, looks_like_iban, parse_account_reference
 from bankflow.domain.money import parse_amount
 from bankflow.domain.posting import INTERNAL_TYPES
@@ -195,11 +195,14 @@ def to_request(
     if isinstance(debit, LineError):
         return debit
     account_id, requester = debit
+    # The amount is read with its currency's exponent: "1.000" KWD is 1000 minor
+    # units, "100" JPY is 100, and "1.50" JPY is refused on the amount field.
     try:
         amount_minor = parse_amount(line.amount, line.currency)
+    except UnsupportedCurrency as exc:
+        return LineError(line.line, "currency", str(exc))
     except DomainError as exc:
-        field_name = "currency" if "currency" in str(exc) else "amount"
-        return LineError(line.line, field_name, str(exc))
+        return LineError(line.line, "amount", str(exc))
     too_long = _too_long(line)
     if too_long is not None:
         return LineError(line.line, too_long[0], too_long[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 
 from producers.ingest.pain001 import check_totals, parse_pain001, read_pain001
 from producers.ingest.records import BatchLine, FileRefused, LineError
+from producers.ingest.run import to_request
 from producers.ingest.tabular import parse_csv, parse_jsonl
+from schemas.transfers import TransferIds, TransferRequest
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "iso20022"
 HEADER = b"debit_account,credit_account,amount,currency,description,category,tags,reference\n"
@@ -362,3 +365,58 @@ def test_the_pain002_report_escapes_what_the_file_and_the_ledger_gave() -> None:
         (f"{nasty}-1", "ACCP", None),
         (f"{nasty}-2", "RJCT", f"reason {nasty}"),
     ]
+
+
+class _Debits:
+    """A ``DebitResolver`` without a database: every line debits one account."""
+
+    def debit(self, line: BatchLine) -> tuple[str, str]:
+        return PAYER, "customer:c0ffee00-0000-4000-8000-000000000000"
+
+
+def batch_amount(amount: str, currency: str) -> int | LineError:
+    """What ingest makes of one CSV line's amount: minor units, or the line's error."""
+    (line,), _ = parse(refs(HEADER + f"A,B,{amount},{currency},x,,,\n".encode()))
+    debits: Any = _Debits()
+    made = to_request(line, TransferIds("test"), debits, None, "2026-11-27T12:00:00Z")
+    if isinstance(made, LineError):
+        return made
+    value = orjson.loads(made[2])
+    TransferRequest.model_validate(value)  # what ingest writes stays the contract
+    assert value["currency"] == currency
+    return value["amount_minor"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor"),
+    [
+        ("1.00", "EUR", 100),
+        ("12.5", "EUR", 1250),
+        ("100", "JPY", 100),
+        ("1.000", "KWD", 1000),
+        ("1.5", "KWD", 1500),
+        ("0.001", "KWD", 1),
+    ],
+)
+def test_a_batch_amount_is_read_with_its_currency_exponent(
+    amount: str, currency: str, minor: int
+) -> None:
+    assert batch_amount(amount, currency) == minor
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "field", "message"),
+    [
+        ("100.00", "JPY", "amount", "JPY has 0 (no minor unit): write a whole number such as 100"),
+        ("1.5", "JPY", "amount", "JPY has 0"),
+        ("1.0001", "KWD", "amount", "KWD has 3"),
+        ("1.000", "EUR", "amount", "EUR has 2"),
+        ("1.00", "XYZ", "currency", "'XYZ' is not supported"),
+    ],
+)
+def test_a_batch_amount_the_currency_cannot_hold_is_a_bad_line_naming_its_field(
+    amount: str, currency: str, field: str, message: str
+) -> None:
+    error = batch_amount(amount, currency)
+    assert isinstance(error, LineError)
+    assert error.field == field and message in error.reason

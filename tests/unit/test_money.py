@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -6,8 +8,10 @@ from bankflow.domain.errors import InvalidAmount, UnsupportedCurrency
 from bankflow.domain.money import (
     AMOUNT_MINOR_MAX,
     CURRENCY_EXPONENTS,
+    CURRENCY_PATTERN,
     exponent,
     format_amount,
+    minor_units,
     parse_amount,
 )
 
@@ -20,7 +24,12 @@ from bankflow.domain.money import (
         ("12", "EUR", 1200),
         ("0.01", "EUR", 1),
         ("1500", "JPY", 1500),
+        ("100", "JPY", 100),
         ("1.234", "KWD", 1234),
+        ("1.000", "KWD", 1000),
+        ("1", "KWD", 1000),
+        ("0.5", "KWD", 500),
+        ("0.001", "KWD", 1),
         (" 7.00 ", "USD", 700),
     ],
 )
@@ -33,6 +42,8 @@ def test_decimal_strings_become_minor_units(text: str, currency: str, minor: int
     [
         ("12.345", "EUR", "3 decimal places; EUR has 2"),
         ("1.5", "JPY", "JPY has 0"),
+        ("100.00", "JPY", r"JPY has 0 \(no minor unit\): write a whole number such as 100"),
+        ("1.0001", "KWD", "4 decimal places; KWD has 3"),
         ("0", "EUR", "greater than zero"),
         ("0.00", "EUR", "greater than zero"),
         ("-5", "EUR", "not a plain decimal"),
@@ -72,7 +83,12 @@ def test_an_unsupported_currency_names_the_supported_ones() -> None:
         (-5, "EUR", "-0.05"),
         (0, "EUR", "0.00"),
         (1500, "JPY", "1500"),
+        (0, "JPY", "0"),
+        (-100, "JPY", "-100"),
         (1234, "KWD", "1.234"),
+        (1000, "KWD", "1.000"),
+        (5, "KWD", "0.005"),
+        (-5, "KWD", "-0.005"),
     ],
 )
 def test_minor_units_format_with_the_currency_exponent(
@@ -97,3 +113,18 @@ def test_amounts_that_are_too_long_or_not_ascii_digits_are_refused_clearly(text:
     with pytest.raises(InvalidAmount) as refused:
         parse_amount(text, "EUR")
     assert len(str(refused.value)) < 200  # the message never echoes thousands of digits
+
+
+def test_the_table_holds_the_currencies_of_the_bank_with_their_iso_exponents() -> None:
+    assert {c: CURRENCY_EXPONENTS[c] for c in ("EUR", "USD", "GBP", "CHF", "JPY", "KWD")} == {
+        "EUR": 2, "USD": 2, "GBP": 2, "CHF": 2, "JPY": 0, "KWD": 3,
+    }  # fmt: skip
+    pattern = re.compile(CURRENCY_PATTERN)
+    assert all(pattern.match(code) for code in CURRENCY_EXPONENTS)
+    assert not any(pattern.match(code) for code in ("XYZ", "eur", "EURO", "EU", ""))
+
+
+def test_whole_units_scale_by_the_exponent() -> None:
+    assert (minor_units(5, "EUR"), minor_units(5, "JPY"), minor_units(5, "KWD")) == (500, 5, 5000)
+    with pytest.raises(UnsupportedCurrency):
+        minor_units(5, "XYZ")

@@ -62,3 +62,12 @@ def test_the_retrier_may_send_back_only_to_topics_whose_stage_decides_again() ->
     for refused in (["transfers.accepted"], ["transfers.review"], []):
         with pytest.raises(ValueError, match="BANKFLOW_RETRY_ORIGINS"):
             Settings(_env_file=None, retry_origins=refused)
+
+
+def test_the_held_currencies_come_from_the_domain_table(monkeypatch) -> None:
+    assert Settings(_env_file=None).currencies == ["EUR", "USD", "GBP", "CHF"]
+    monkeypatch.setenv("BANKFLOW_CURRENCIES", '["EUR","JPY","KWD"]')
+    assert Settings(_env_file=None).currencies == ["EUR", "JPY", "KWD"]
+    monkeypatch.setenv("BANKFLOW_CURRENCIES", '["EUR","XYZ"]')
+    with pytest.raises(ValidationError, match=r"\['XYZ'\] are not in the table"):
+        Settings(_env_file=None)

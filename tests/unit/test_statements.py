@@ -45,13 +45,19 @@ def lines(opening: int, amounts: list[int], start: datetime) -> list[StatementLi
     return result
 
 
-def build(opening: int, amounts: list[int], closing: int | None = None, month: str = "2026-10"):
+def build(
+    opening: int,
+    amounts: list[int],
+    closing: int | None = None,
+    month: str = "2026-10",
+    currency: str = "EUR",
+):
     period = month_period(month, NOW)
     entries = lines(opening, amounts, period.start)
     return build_statement(
         account_id=uuid.uuid4(),
         iban=IBAN,
-        currency="EUR",
+        currency=currency,
         period=period,
         opening_minor=opening,
         lines=entries,
@@ -109,6 +115,22 @@ def test_statement_csv_reconciles_and_guards_against_formulas() -> None:
     assert rows[0]["balance_after"] == "10.00" and rows[-1]["balance_after"] == "12.50"
     assert [r["amount"] for r in rows[1:5]] == ["5.00", "-2.50", "5.00", "-2.50"]
     assert rows[1]["description"] == "'=HYPERLINK(1)"
+
+
+@pytest.mark.parametrize(
+    ("currency", "opening", "amounts", "closing"),
+    [
+        ("JPY", "1000", ["500", "-250", "500", "-250"], "1250"),
+        ("KWD", "1.000", ["0.500", "-0.250", "0.500", "-0.250"], "1.250"),
+    ],
+)
+def test_statement_csv_uses_the_currency_exponent(
+    currency: str, opening: str, amounts: list[str], closing: str
+) -> None:
+    statement = build(1_000, [500, -250], currency=currency)
+    rows = list(csv.DictReader(io.StringIO(statement_csv(statement))))
+    assert rows[0]["balance_after"] == opening and rows[-1]["balance_after"] == closing
+    assert [r["amount"] for r in rows[1:5]] == amounts
 
 
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils (make setup)")

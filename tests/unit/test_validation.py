@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from bankflow.domain.iban import account_reference_key
 from bankflow.domain.posting import AccountStatus, AccountType
 from processors.validation import (
-    TRANSFER_LIMIT_MINOR,
     AccountFacts,
     RejectReason,
+    daily_limit_minor,
+    daily_limit_reasons,
+    transfer_limit_minor,
     validate,
 )
 from schemas.transfers import ACCOUNT_REFERENCE_MAX, TransferRequest, TransferSource
@@ -94,7 +96,7 @@ def test_an_accepted_request_names_its_accounts_by_id_and_keeps_its_details() ->
         ),
         (
             lambda a, b: request(
-                str(a.id), str(b.id), TRANSFER_LIMIT_MINOR[AccountType.CHECKING] + 1
+                str(a.id), str(b.id), transfer_limit_minor(AccountType.CHECKING, "EUR") + 1
             ),
             [RejectReason.ABOVE_TRANSFER_LIMIT],
         ),
@@ -111,6 +113,29 @@ def test_each_rule_rejects_with_its_reason(make, reasons) -> None:
     assert decision.outcome == "rejected"
     assert list(decision.reasons) == reasons
     assert decision.accepted is None
+
+
+def test_limits_are_whole_units_scaled_by_the_currency_exponent() -> None:
+    # The same contract in every currency: 5,000,000.00 EUR, 5,000,000 JPY, 5,000,000.000 KWD.
+    assert transfer_limit_minor(AccountType.CHECKING, "EUR") == 5_000_000_00
+    assert transfer_limit_minor(AccountType.CHECKING, "JPY") == 5_000_000
+    assert transfer_limit_minor(AccountType.CHECKING, "KWD") == 5_000_000_000
+    assert daily_limit_minor(AccountType.SAVINGS, "EUR") == 2_000_000_00
+    assert transfer_limit_minor(AccountType.CASH, "JPY") is None
+    yen = facts(currency="JPY"), facts(currency="JPY")
+    over = request(str(yen[0].id), str(yen[1].id), 5_000_001, currency="JPY")
+    assert validate(over, book(*yen)).reasons == (RejectReason.ABOVE_TRANSFER_LIMIT,)
+    within = request(str(yen[0].id), str(yen[1].id), 5_000_000, currency="JPY")
+    assert validate(within, book(*yen)).outcome == "accepted"
+    assert daily_limit_reasons(AccountType.CHECKING, "KWD", 9_999_999_000, 1_000) == []
+    assert daily_limit_reasons(AccountType.CHECKING, "KWD", 9_999_999_000, 1_001) == [
+        RejectReason.ABOVE_DAILY_LIMIT
+    ]
+
+
+def test_a_request_in_a_currency_outside_the_table_is_not_a_transfer_request() -> None:
+    with pytest.raises(ValueError, match="currency"):
+        request(str(uuid.uuid4()), str(uuid.uuid4()), currency="XYZ")
 
 
 def test_frozen_and_closed_accounts_are_refused_on_either_side() -> None:
