@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 import signal
@@ -117,49 +118,89 @@ def test_sigkill_at_random_moments_gives_each_request_exactly_one_decision(
     assert reasons == {"unknown_account": REQUESTS // 10}, reasons
 
 
-def members_with_partitions(settings: Settings) -> int:
-    """How many members of the validator group own at least one partition."""
+def member_shares(settings: Settings) -> list[set[int]]:
+    """The partitions of transfers.requested each member of the validator group owns in
+    the group's current generation (empty while the coordinator is busy)."""
     admin = kafka_admin(settings)
     futures = admin.describe_consumer_groups([settings.validator_group], request_timeout=10)
     try:
         group = futures[settings.validator_group].result(timeout=15)
     except KafkaException:
-        return 0
-    return sum(1 for m in group.members if m.assignment and m.assignment.topic_partitions)
+        return []
+    topic = settings.topic(TRANSFERS_REQUESTED)
+    return [
+        {tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic}
+        if m.assignment
+        else set()
+        for m in group.members
+    ]
+
+
+def progress_now(settings: Settings, partitions: Iterable[int] | None = None) -> int:
+    """``committed_progress``, asked again while the coordinator answers busy (-1)."""
+    for _ in range(50):  # bounded: a few seconds of retries
+        progress = committed_progress(settings, partitions)
+        if progress >= 0:
+            return progress
+        time.sleep(0.1)
+    raise AssertionError("the group coordinator stayed busy")
+
+
+def decisions_logged(log: Path) -> int:
+    """How many decisions a validator committed in its life, as it logs them when it
+    stops ("validator decisions: {...}")."""
+    counts = re.findall(r"validator decisions: (\{.*\})", log.read_text())
+    assert counts, f"{log.name} logged no decision count (was it stopped cleanly?)"
+    return sum(ast.literal_eval(counts[-1]).values())
 
 
 def test_two_validator_instances_share_the_partitions_and_one_dying_loses_nothing(
     settings: Settings, topics, db, tmp_path: Path
 ) -> None:
     """Two instances (their own transactional ids) split the partitions; one is killed
-    mid-stream, the other takes its partitions over; every request is decided once."""
+    mid-stream, once it has committed decisions on its own partitions, the other takes
+    its partitions over; every request is decided once, the survivor deciding the rest."""
     settings = settings.model_copy(update={"validator_batch_max": 20})
     topics()
     accounts = open_test_accounts(db, settings, 50)
     rng = random.Random(4)
     requests = [transfer_request(*rng.sample(accounts, 2)) for _ in range(REQUESTS * 2)]
-    produce_requests(settings, requests)
     first = start_service(settings, "validator", log=tmp_path / "first.log",
                           BANKFLOW_INSTANCE_ID="first")  # fmt: skip
     second = start_service(settings, "validator", log=tmp_path / "second.log",
                            BANKFLOW_INSTANCE_ID="second")  # fmt: skip
+    topic = settings.topic(TRANSFERS_REQUESTED)
+    first_log = tmp_path / "first.log"
+
+    def first_share() -> set[int]:
+        """The first instance's partitions, once its log and the group agree on them: the
+        group's current generation has two members, and the first's last assignment is
+        one of their shares (not a lone instance's earlier "all of them")."""
+        shares, mine = member_shares(settings), owned_partitions(first_log, topic)
+        if len(shares) == 2 and all(shares) and mine in shares:
+            return mine
+        return set()
+
     try:
-        wait_for(lambda: members_with_partitions(settings) == 2, 60, "both to own partitions")
-        topic = settings.topic(TRANSFERS_REQUESTED)
-        wait_for(lambda: owned_partitions(tmp_path / "first.log", topic), 30, "first's share")
-        mine = owned_partitions(tmp_path / "first.log", topic)
+        wait_for(lambda: bool(first_share()), 60, "both to own partitions, first's share logged")
+        mine = first_share()
+        # The stream starts once the partitions are shared: an instance that joined alone
+        # cannot have decided the first's share (or all of it) before the first got it.
+        # Whatever is committed on the first's partitions now is not its own work all the
+        # same; only what is committed on them past this point is, the first being their
+        # owner until it is killed.
+        own_at_share = progress_now(settings, mine)
+        produce_requests(settings, requests)
         # The scenario, not hoped for but waited for: the instance about to die has
         # committed decisions on its own partitions (and not the whole stream yet).
-        wait_for(lambda: committed_progress(settings, mine) > 0, 60, "first to commit its own")
+        wait_for(
+            lambda: committed_progress(settings, mine) > own_at_share,
+            60,
+            "first to commit on its own partitions",
+            interval_s=0.05,
+        )
         first.send_signal(signal.SIGSTOP)  # hold it still while its share is measured
-        # Read again while the coordinator answers "busy" (-1): both are known before the kill.
-        own_at_kill, killed_at = -1, -1
-        for _ in range(50):  # bounded: a few seconds of retries
-            own_at_kill = committed_progress(settings, mine)
-            killed_at = committed_progress(settings)
-            if own_at_kill >= 0 and killed_at >= 0:
-                break
-            time.sleep(0.1)
+        own_at_kill, killed_at = progress_now(settings, mine), progress_now(settings)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         wait_for(lambda: committed_progress(settings) >= len(requests), 120, "the survivor")
@@ -176,6 +217,10 @@ def test_two_validator_instances_share_the_partitions_and_one_dying_loses_nothin
     )
     assert set(ids) == {r.transfer_id for r in requests}, "a request has no decision"
     assert [tid for tid, n in ids.items() if n != 1] == [], "a request was decided twice"
-    # The killed instance had decided part of the stream on its own partitions.
-    assert own_at_kill > 0 and 0 < killed_at < len(requests)
+    # The killed instance had decided part of the stream on its own partitions, and the
+    # survivor decided only the rest: what the first committed was not decided again.
+    first_own = own_at_kill - own_at_share
+    assert first_own > 0 and 0 < killed_at < len(requests), (own_at_share, own_at_kill)
+    survivor = decisions_logged(tmp_path / "second.log")
+    assert 0 < survivor <= len(requests) - first_own, (survivor, first_own)
     assert "fraud rules" in (tmp_path / "first.log").read_text()  # it did start
