@@ -74,11 +74,6 @@ class Conflict(ApiError):
     title = "Conflict"
 
 
-class EmailTaken(Conflict):
-    slug = "email-taken"
-    title = "Email already registered"
-
-
 class AccountLocked(ApiError):
     """Too many failed sign-ins (PCI DSS 8.3.4); known and unknown emails answer alike."""
 

@@ -1,6 +1,7 @@
 """Every error answer is an RFC 9457 problem (``application/problem+json``).
 
 ``install(app)`` registers the handlers: the API's own errors (``api.errors``),
+errors of the layers below with a problem type of their own (``LOWER_PROBLEMS``),
 HTTP errors from FastAPI and Starlette (unknown route 404, wrong method 405, a
 missing token 401), request validation (422, naming each failing field and why),
 and outages of PostgreSQL or Redis (503). Anything else is a 500 problem from
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import psycopg
 import psycopg_pool
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import ApiError, ServiceUnavailable
+from bankflow.identity.errors import EmailTaken
 from schemas.problems import PROBLEM_MEDIA_TYPE, Problem, problem_type
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,29 @@ HTTP_SLUGS = {
     429: "too-many-requests",
     500: "internal",
     503: "service-unavailable",
+}
+
+
+class LowerProblem(NamedTuple):
+    """How the API answers an error raised below it: status, slug, title and the
+    detail shown (not the error's own text, which may name what the caller did not
+    send, such as the stored email)."""
+
+    status: int
+    slug: str
+    title: str
+    detail: str
+
+
+#: Errors of the domain and identity layers that the API answers as they are, so a
+#: route need not translate them into a second error class of the same meaning.
+LOWER_PROBLEMS: Final[dict[type[Exception], LowerProblem]] = {
+    EmailTaken: LowerProblem(
+        409,
+        "email-taken",
+        "Email already registered",
+        "a login with this email exists already; sign in instead",
+    ),
 }
 #: Where a validation error was found: the first element of pydantic's ``loc``.
 LOCATIONS = ("body", "query", "path", "header", "cookie")
@@ -116,6 +141,13 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _lower_error(request: Request, exc: Exception) -> JSONResponse:
+    answer = LOWER_PROBLEMS[type(exc)]
+    return problem_response(
+        answer.status, answer.slug, answer.detail, title=answer.title, instance=request.url.path
+    )
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101
     detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
@@ -161,6 +193,8 @@ def validation_error(field: str, reason: str, code: str = "value_error") -> Requ
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    for lower in LOWER_PROBLEMS:
+        app.add_exception_handler(lower, _lower_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for outage in (

@@ -26,7 +26,9 @@ RECALL: Final = "select fingerprint from idempotency_keys where scope = %s and k
 
 
 class IdempotencyKeyReused(BankflowError):
-    """The key was first used for another request; this one would be answered as that one."""
+    """The key was first used for another request (a transfer's body, a batch's file);
+    this one would be answered as that one. The one error of that meaning: the API's
+    transfers, ``bankflow deposit`` and batch ingest all raise it."""
 
 
 def key_digest(idempotency_key: str) -> str:

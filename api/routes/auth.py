@@ -8,9 +8,7 @@ from fastapi import APIRouter, Form, Response, status
 
 from api import sessions
 from api.deps import AnyUser, Context, DbPool, Public
-from api.errors import EmailTaken
 from api.problems import problem_responses, validation_error
-from bankflow.identity import errors as identity_errors
 from bankflow.identity import store
 from bankflow.identity.policy import password_problem
 from schemas.auth import RefreshRequest, RegisterRequest, TokenForm, TokenResponse, UserOut
@@ -48,17 +46,16 @@ async def register(body: RegisterRequest, ctx: Context, pool: DbPool) -> UserOut
         raise validation_error("password", problem)
     # Hashed before a connection is taken: argon2id takes a while on purpose.
     password_hash = await ctx.hash_password(body.password)
+    # An email in use raises ``EmailTaken``, which ``api.problems`` answers as a 409
+    # ``email-taken`` problem.
     async with pool.connection() as conn:
-        try:
-            user = await store.create_user(
-                conn,
-                email=body.email,
-                password_hash=password_hash,
-                role="customer",
-                full_name=body.full_name,
-            )
-        except identity_errors.EmailTaken as exc:
-            raise EmailTaken("a login with this email exists already; sign in instead") from exc
+        user = await store.create_user(
+            conn,
+            email=body.email,
+            password_hash=password_hash,
+            role="customer",
+            full_name=body.full_name,
+        )
     return UserOut.model_validate(user, from_attributes=True)
 
 

@@ -31,6 +31,7 @@ from api.errors import ApiError, Conflict, NotFound, ServiceUnavailable
 from api.intake import IdempotencyConflict
 from api.problems import problem_responses
 from bankflow.errors import BankflowError
+from bankflow.idempotency import IdempotencyKeyReused
 from bankflow.settings import Settings
 from producers.ingest.batches import (
     BATCH_COLUMNS,
@@ -43,7 +44,6 @@ from producers.ingest.batches import (
     submit_batch,
 )
 from producers.ingest.outcomes import pain002
-from producers.ingest.records import IdempotencyKeyReused
 from producers.ingest.run import Format
 from producers.ingest.submitters import customer_submitter
 from schemas.batches import BatchAccepted, BatchLineError, BatchOut

@@ -27,9 +27,9 @@ from typing import Any, Final, Literal
 import psycopg
 
 from bankflow.bootstrap import db_connect
+from bankflow.idempotency import IdempotencyKeyReused
 from bankflow.settings import Settings
 from producers.ingest.pain001 import message_id
-from producers.ingest.records import IdempotencyKeyReused
 from producers.ingest.run import (
     ERRORS_LISTED_MAX,
     Format,

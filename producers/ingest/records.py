@@ -28,10 +28,6 @@ class SubmitterRefused(BankflowError):
     of staff without the customer they act for, a role that may not submit batches."""
 
 
-class IdempotencyKeyReused(BankflowError):
-    """The submitter used the batch's ``Idempotency-Key`` before, for another file."""
-
-
 #: The reason code of a line whose debit account the submitter may not debit.
 NOT_OWNER = "not_owner"
 
