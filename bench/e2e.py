@@ -84,6 +84,8 @@ DRAIN_TIMEOUT_S = 600
 #: (group joins, first batches) and tail (the last, partly filled batches).
 STEADY_SHARE = 0.8
 BASELINE_TOPIC = "bench.e2e-baseline"
+#: Waits of 0.1 s for room in a full producer queue: a minute, far past a healthy broker.
+QUEUE_FULL_WAITS = 600
 TERMINAL_STATUSES = ["rejected", "posted", "failed"]
 STAGE_KEYS = ("validator_ms_p50", "validator_ms_p99", "poster_ms_p50", "poster_ms_p99")
 
@@ -449,14 +451,27 @@ def _produce(
                 amount_minor=p.amount_minor, currency="EUR",
                 requested_by=f"customer:{owners[p.debit]}",
             ).model_dump_json().encode()  # fmt: skip
-            producer.produce(topic, key=str(p.debit).encode(), value=value)
-            producer.poll(0)
+            _send(producer, topic, str(p.debit).encode(), value)
         sent = max(sent, min(due, len(planned)))
         if sent < len(planned):
             time.sleep(PACE_INTERVAL_S)
     if producer.flush(120):
         raise RuntimeError("the broker did not acknowledge the bench's requests")
     return value
+
+
+def _send(producer: Any, topic: str, key: bytes, value: bytes) -> None:
+    """Produce one message, waiting while the producer's local queue is full (a run of
+    more than its 100,000 messages at the maximum rate), for at most a minute."""
+    for _ in range(QUEUE_FULL_WAITS):
+        try:
+            producer.produce(topic, key=key, value=value)
+        except BufferError:
+            producer.poll(0.1)
+        else:
+            producer.poll(0)
+            return
+    raise RuntimeError("the producer's queue stayed full for a minute")
 
 
 def _drain(conn: Any, base: int, count: int, echo: Callable[[str], None]) -> None:
@@ -573,8 +588,7 @@ def _kafka_baseline_tps(settings: Settings, count: int, sample: bytes) -> dict[s
 
         def produce() -> None:
             for n in range(count):
-                producer.produce(topic, key=keys[n % len(keys)], value=sample)
-                producer.poll(0)
+                _send(producer, topic, keys[n % len(keys)], sample)
             producer.flush(120)
             produced_s.append(time.perf_counter() - started)
 
