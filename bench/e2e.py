@@ -14,15 +14,18 @@ Figures, from the ledger itself (``transfers.requested_at`` and ``posted_at``):
 - ``posted_tps``: postings per second over the middle 80 % of postings (warm-up and
   tail left out);
 - ``latency_ms_p50`` / ``p99`` / ``max``: from the request's ``requested_at`` (set when
-  the bench produced it) to its ``posted_at``;
+  the bench produced it) to its ``posted_at``, over the middle 80 % of the requests by
+  request time (``latency_ms_max_all`` over all of them); ``validator_ms_*`` and
+  ``poster_ms_*`` split it at the validator's stored decision;
 - ``lost``: requests with neither a ledger row nor a terminal status; ``duplicated``:
-  transfers with more than one posting. Both must be 0.
+  transfers with more than one posting. Both must be 0;
+- ``cpu_s_*``: CPU seconds of each service, server and the machine during the run.
 
 Two baselines on the same servers, after the services stopped:
 
 - ``kafka_baseline_tps``: a bare idempotent producer and a bare read_committed
   consumer moving as many messages of the same size through a topic of the same
-  partitions, from the first produce to the last message read;
+  partitions at once; the slower of the two rates;
 - ``sql_baseline_tps``: the poster's ledger writes by bare set-based SQL in the
   poster's batch size (``bench.poster``'s baseline).
 """
